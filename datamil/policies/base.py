@@ -1,0 +1,83 @@
+"""The Policy interface: one per-sample loss that training weights, the surrogate averages, and
+every datamodel estimator differentiates. One definition, three uses.
+
+Batches are dicts of tensors keyed like the store: "obs/<key>" (B, ...), "action" (B, A) in raw
+(unnormalized) units, and "index" (B,) global step ids (used to draw per-sample noise deterministically).
+Parameters are passed explicitly (a dict name -> tensor) so that `torch.func` can differentiate and
+vmap through them; `params()` gives the module's current ones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from datamil.data.normalization import NormStats
+from datamil.registry import Registry
+
+ACTION = "action"
+INDEX = "index"
+OBS_STATE_KEY = "obs/state"
+
+Batch = dict[str, Tensor]
+Params = dict[str, Tensor]
+
+POLICIES: Registry[type[Policy]] = Registry("policy")
+
+
+class Normalizer(nn.Module):
+    """Gaussian normalization with fixed statistics, saved with the checkpoint as buffers."""
+
+    def __init__(self, stats: NormStats | None, dim: int) -> None:
+        super().__init__()
+        mean = np.zeros(dim) if stats is None else stats.mean
+        std = np.ones(dim) if stats is None else stats.std
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * self.std + self.mean
+
+
+class Policy(nn.Module, ABC):
+    """A policy whose loss is defined per sample and whose parameters can be passed functionally."""
+
+    @abstractmethod
+    def loss_fn(self, batch: Batch) -> Tensor:
+        """(B,) unreduced loss of the module's own parameters; subclasses implement this."""
+
+    @abstractmethod
+    def predict(self, obs: dict[str, Tensor]) -> Tensor:
+        """(B, A) or (B, H, A) actions in raw units from a batch of observations."""
+
+    def per_sample_loss(self, params: Params, batch: Batch) -> Tensor:
+        """(B,) loss of each sample under `params`. A fixed, differentiable function of the parameters."""
+        return functional_call(self, params, (batch,), {"mode": "loss"}, strict=False)
+
+    def forward(self, batch: Batch, mode: str = "loss") -> Tensor:
+        """mode="loss": (B,) per-sample loss of `batch`; mode="predict": actions for batch's observations."""
+        return self.loss_fn(batch) if mode == "loss" else self.predict(batch)
+
+    def params(self) -> Params:
+        """Detached copies of the trainable parameters: the starting point for functional training."""
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
+
+    def load_params(self, params: Params) -> None:
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(params[name])
+
+    @torch.no_grad()
+    def act(self, params: Params | None, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Actions for a batch of raw observations {"state": (B, D), ...}: numpy (B, A) or (B, H, A)."""
+        tensors = {f"obs/{k}": torch.as_tensor(np.asarray(v)) for k, v in obs.items()}
+        if params is None:
+            return self.predict(tensors).cpu().numpy()
+        return functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False).cpu().numpy()

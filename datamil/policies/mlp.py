@@ -1,0 +1,54 @@
+"""BC with an MLP on the state vector: the reference proxy policy for state-based datamodels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from datamil.data.normalization import NormStats
+from datamil.policies.base import ACTION, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+def mlp(sizes: Sequence[int], activation: str = "gelu") -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last).
+
+    GELU by default: exact metagradients need a smooth loss surface (see NOTES.md, "metasmoothness").
+    """
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+@POLICIES.register("bc_mlp")
+class MLPPolicy(Policy):
+    """Deterministic BC: action = tanh(MLP(normalized state)); per-sample loss = MSE to the demo action.
+
+    Actions are assumed to live in [-1, 1] (MetaWorld, and the common OXE convention after
+    standardization), so the tanh squash keeps predictions in range and the loss smooth.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "gelu",
+        state_stats: NormStats | None = None,
+    ) -> None:
+        super().__init__()
+        self.obs_norm = Normalizer(state_stats, obs_dim)
+        self.net = mlp([obs_dim, *hidden, action_dim], activation)
+
+    def predict(self, obs: dict[str, Tensor]) -> Tensor:
+        return torch.tanh(self.net(self.obs_norm(obs[OBS_STATE_KEY].float())))
+
+    def loss_fn(self, batch: Batch) -> Tensor:
+        target = batch[ACTION].float().clamp(-1, 1)
+        return ((self.predict(batch) - target) ** 2).mean(dim=-1)

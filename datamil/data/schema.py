@@ -86,5 +86,7 @@ class Episode:
                 raise DataError(f"{where}: observation {key!r} contains NaN or inf; repair the episode")
         for name in ("rewards", *STEP_FLAGS):
             if len(getattr(self, name)) != len(actions):
-                raise DataError(f"{where}: {name} has {len(getattr(self, name))} steps, expected {len(actions)}")
+                raise DataError(
+                    f"{where}: {name} has {len(getattr(self, name))} steps, expected {len(actions)}"
+                )
         return self

@@ -59,7 +59,9 @@ class EpisodeTable:
         return (self.episode_id, self.dataset, self.task, self.success, self.language)
 
     def to_dict(self) -> dict[str, list]:
-        return dict(zip(("episode_id", "dataset", "task", "success", "language"), self.columns(), strict=True))
+        return dict(
+            zip(("episode_id", "dataset", "task", "success", "language"), self.columns(), strict=True)
+        )
 
 
 def _episode_arrays(episode: Episode) -> dict[str, np.ndarray]:
@@ -116,7 +118,9 @@ class TrajectoryStore:
         n = int(self.offsets[-1])
         for name, value in self.arrays.items():
             if len(value) != n:
-                raise DataError(f"store array {name!r} has {len(value)} steps, offsets say {n}; rebuild the store")
+                raise DataError(
+                    f"store array {name!r} has {len(value)} steps, offsets say {n}; rebuild the store"
+                )
         if len(self.offsets) - 1 != len(self.episodes.episode_id):
             raise DataError("store offsets and episode table disagree; rebuild the store")
         if len(set(self.episodes.episode_id)) != len(self.episodes.episode_id):
@@ -192,7 +196,9 @@ class TrajectoryStore:
         out["index"] = np.asarray(step_indices, np.int64)
         return out
 
-    def sample_steps(self, rng: np.random.Generator, batch_size: int, pool: np.ndarray | None = None) -> np.ndarray:
+    def sample_steps(
+        self, rng: np.random.Generator, batch_size: int, pool: np.ndarray | None = None
+    ) -> np.ndarray:
         """Uniform random step indices, from all steps or from `pool` (flat step indices)."""
         if pool is None:
             return rng.integers(0, self.n_steps, batch_size)
@@ -210,8 +216,12 @@ class TrajectoryStore:
         )
         flags = {flag: self.arrays[flag][lo:hi] for flag in STEP_FLAGS}
         return Episode(
-            obs, self.arrays[ACTION][lo:hi], meta, self.arrays[REWARD][lo:hi],
-            language_instruction=self.episodes.language[index], **flags,
+            obs,
+            self.arrays[ACTION][lo:hi],
+            meta,
+            self.arrays[REWARD][lo:hi],
+            language_instruction=self.episodes.language[index],
+            **flags,
         )
 
     def subset(self, episode_indices: Sequence[int] | np.ndarray) -> TrajectoryStore:
@@ -257,7 +267,9 @@ class TrajectoryStore:
             raise DataError(f"{path} is not a datamil trajectory store (no meta.json); build it with save()")
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise DataError(f"{path} has store format {meta.get('format')} v{meta.get('version')}; rebuild it")
+            raise DataError(
+                f"{path} has store format {meta.get('format')} v{meta.get('version')}; rebuild it"
+            )
         n = meta["n_steps"]
         arrays = {}
         for name, spec in meta["arrays"].items():
@@ -279,7 +291,9 @@ def _action_dim(chunks: dict[str, list[np.ndarray]]) -> int | None:
     return chunks[ACTION][0].shape[1] if ACTION in chunks else None
 
 
-def _check_same_layout(chunks: dict[str, list[np.ndarray]], arrays: dict[str, np.ndarray], meta: EpisodeMeta) -> None:
+def _check_same_layout(
+    chunks: dict[str, list[np.ndarray]], arrays: dict[str, np.ndarray], meta: EpisodeMeta
+) -> None:
     if not chunks:
         return
     if set(chunks) != set(arrays):
@@ -320,7 +334,9 @@ class StoreWriter:
         if episode.meta.episode_id in self._ids:
             raise DataError(f"duplicate episode id {episode.meta.episode_id!r}; episode ids must be unique")
         if self._layout:
-            _check_same_layout({n: [np.empty((0, *s), d)] for n, (d, s) in self._layout.items()}, arrays, episode.meta)
+            _check_same_layout(
+                {n: [np.empty((0, *s), d)] for n, (d, s) in self._layout.items()}, arrays, episode.meta
+            )
         for name, value in arrays.items():
             if name not in self._files:
                 self._layout[name] = (value.dtype, value.shape[1:])

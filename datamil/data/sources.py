@@ -1,0 +1,225 @@
+"""Data sources: where a run's prior and target demos come from, as trajectory stores.
+
+A source is a config plus a class registered by name (`data=metaworld`, `data=rlds`, `data=robomimic`).
+`load(task)` returns the three stores every stage needs. Generated or converted data is cached on disk,
+keyed by everything that determines it, and reused when the same config asks again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datamil.data.schema import Episode
+from datamil.data.splits import split_target
+from datamil.data.store import TrajectoryStore
+from datamil.errors import DataError
+from datamil.registry import Registry
+
+DATA_SOURCES: Registry[type] = Registry("data source")
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DATAMIL_CACHE", Path.home() / ".cache" / "datamil"))
+
+
+@dataclass
+class TaskData:
+    """The three stores of a run. target_val is held out: estimators never train on it."""
+
+    task: str
+    prior: TrajectoryStore
+    target_train: TrajectoryStore
+    target_val: TrajectoryStore
+
+    def summary(self) -> dict:
+        return {
+            "task": self.task,
+            **{
+                f"{name}_{unit}": getattr(getattr(self, name), attr)
+                for name in ("prior", "target_train", "target_val")
+                for unit, attr in (("episodes", "n_episodes"), ("steps", "n_steps"))
+            },
+        }
+
+
+def cache_key(config: dict) -> str:
+    """A short stable hash of everything that determines a dataset."""
+    text = json.dumps({"cache_version": CACHE_VERSION, **config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_store(
+    directory: Path, config: dict, make_episodes: Callable[[], Iterable[Episode]]
+) -> TrajectoryStore:
+    """Load `directory/store`, or build it once: episodes → RLDS (`directory/rlds`) → store.
+
+    Going through RLDS means generated data lives in the same format as OXE data and real-robot
+    recordings, and the reader is exercised on every first run.
+    """
+    from datamil.data.rlds import ingest_rlds, write_rlds
+
+    store_dir = directory / "store"
+    if (store_dir / "meta.json").is_file():
+        return TrajectoryStore.load(store_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+    rlds_dir = write_rlds(make_episodes(), directory / "rlds", name="datamil_metaworld")
+    return ingest_rlds(rlds_dir, store_dir)
+
+
+@DATA_SOURCES.register("metaworld")
+@dataclass
+class MetaWorldSource:
+    """Self-generated MetaWorld data: a prior of scripted experts (with noise, so successes and failures)
+    across many tasks, with some target-task data inside it, plus clean target demos split by seed."""
+
+    prior_tasks: list[str] = field(default_factory=list)  # names without the "metaworld/" prefix
+    episodes_per_task: int = 10
+    target_in_prior: bool = True  # the reference prior holds some target-task data too
+    noise_levels: tuple[float, ...] = (0.1, 0.5, 1.0)
+    max_steps: int = 200
+    n_target_demos: int = 20
+    n_target_val: int = 10
+    seed: int = 0
+    workers: int = 2
+    cache_dir: str | None = None
+
+    def load(self, task: str) -> TaskData:
+        from sim_tasks import metaworld_env
+
+        name = metaworld_env.canonical_task(task)
+        root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+        prior = self._prior(name, root)
+        target = self._target(name, root)
+        target_train, target_val = split_target(target, self.n_target_val, self.seed)
+        return TaskData(task, prior, target_train, target_val)
+
+    def prior_task_list(self, task: str) -> list[str]:
+        from sim_tasks import metaworld_env
+
+        tasks = [metaworld_env.canonical_task(t) for t in self.prior_tasks] or metaworld_env.task_names()
+        if self.target_in_prior and task not in tasks:
+            tasks = [*tasks, task]
+        if not self.target_in_prior:
+            tasks = [t for t in tasks if t != task]
+        if not tasks:
+            raise DataError("the MetaWorld prior has no tasks; set data.prior_tasks to at least one task")
+        return tasks
+
+    def _prior(self, task: str, root: Path) -> TrajectoryStore:
+        from sim_tasks.generate import generate_episodes
+
+        tasks = self.prior_task_list(task)
+        config = {"kind": "prior", "tasks": sorted(tasks), **self._generation_config()}
+        config.update(episodes_per_task=self.episodes_per_task)
+        return cached_store(
+            root / "metaworld" / f"prior-{cache_key(config)}",
+            config,
+            lambda: generate_episodes(
+                sorted(tasks),
+                self.episodes_per_task,
+                self.seed,
+                noise_levels=self.noise_levels,
+                max_steps=self.max_steps,
+                workers=self.workers,
+            ),
+        )
+
+    def _target(self, task: str, root: Path) -> TrajectoryStore:
+        from sim_tasks.generate import generate_target_demos
+
+        config = {"kind": "target", "task": task, "n": self.n_target_demos, **self._generation_config()}
+        return cached_store(
+            root / "metaworld" / f"target-{cache_key(config)}",
+            config,
+            lambda: generate_target_demos(task, self.n_target_demos, self.seed, max_steps=self.max_steps),
+        )
+
+    def _generation_config(self) -> dict:
+        return {"seed": self.seed, "noise_levels": list(self.noise_levels), "max_steps": self.max_steps}
+
+
+@DATA_SOURCES.register("rlds")
+@dataclass
+class RLDSSource:
+    """Your own data: a prior and target demos as RLDS/TFDS datasets (e.g. an Open X-Embodiment dataset).
+
+    `prior` and `target` are dataset directories, or dataset names resolved under `data_dir`
+    (e.g. gs://gresearch/robotics). Each is converted once into a store under the cache directory.
+    """
+
+    prior: str = ""
+    target: str = ""
+    standardization: str | None = None  # OXE registry name; None = infer from the dataset name
+    n_target_val: int = 2
+    seed: int = 0
+    data_dir: str | None = None
+    max_prior_episodes: int | None = None
+    cache_dir: str | None = None
+
+    def load(self, task: str) -> TaskData:
+        if not self.prior or not self.target:
+            raise DataError(
+                "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
+            )
+        root = (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) / "rlds"
+        prior = self._ingest(self.prior, root, self.max_prior_episodes)
+        target = self._ingest(self.target, root, None)
+        target_train, target_val = split_target(target, self.n_target_val, self.seed)
+        return TaskData(task, prior, target_train, target_val)
+
+    def _ingest(self, source: str, root: Path, max_episodes: int | None) -> TrajectoryStore:
+        from datamil.data.rlds import ingest_rlds
+
+        resolved = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+        config = {"source": resolved, "standardization": self.standardization, "max_episodes": max_episodes}
+        store_dir = root / f"{Path(source).name}-{cache_key(config)}"
+        if (store_dir / "meta.json").is_file():
+            return TrajectoryStore.load(store_dir)
+        return ingest_rlds(
+            resolved,
+            store_dir,
+            standardization=self.standardization,
+            data_dir=self.data_dir,
+            max_episodes=max_episodes,
+        )
+
+
+@DATA_SOURCES.register("robomimic")
+@dataclass
+class RobomimicSource:
+    """robomimic hdf5 files as prior and target; `state_keys` are concatenated into the state vector."""
+
+    prior: str = ""
+    target: str = ""
+    state_keys: list[str] = field(
+        default_factory=lambda: ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+    )
+    image_keys: dict[str, str] = field(default_factory=dict)  # e.g. {agentview_image: image_primary}
+    prior_filter_key: str | None = None
+    target_filter_key: str | None = None
+    n_target_val: int = 2
+    seed: int = 0
+
+    def load(self, task: str) -> TaskData:
+        from datamil.data.robomimic_hdf5 import read_robomimic
+
+        if not self.prior or not self.target:
+            raise DataError("data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>")
+        prior, target = (
+            TrajectoryStore.from_episodes(read_robomimic(path, self.state_keys, dict(self.image_keys), key))
+            for path, key in ((self.prior, self.prior_filter_key), (self.target, self.target_filter_key))
+        )
+        target_train, target_val = split_target(target, self.n_target_val, self.seed)
+        return TaskData(task, prior, target_train, target_val)
+
+
+def source_config(source: object) -> dict:
+    """The source's settings, for the resolved config saved next to every artifact."""
+    return asdict(source)  # type: ignore[call-overload]

@@ -1,0 +1,125 @@
+"""Plots and the short Markdown report of a selection run: things a person would rather see than read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from datamil.io import atomic_write_bytes, atomic_write_text
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _figure().close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _outcome(success: bool | None) -> str:
+    return {True: "success", False: "failure", None: "unknown"}[success]
+
+
+def composition(tasks: list[str], successes: list[bool | None], mask: np.ndarray) -> dict[str, Counter]:
+    """Counts of (task, outcome) over the whole prior and over the selected episodes."""
+    pairs = [(t, _outcome(s)) for t, s in zip(tasks, successes, strict=True)]
+    return {
+        "prior": Counter(pairs),
+        "selected": Counter(p for p, keep in zip(pairs, mask, strict=True) if keep),
+    }
+
+
+def plot_score_histogram(scores: np.ndarray, mask: np.ndarray, path: Path) -> Path:
+    """Scores of every prior trajectory; selected ones highlighted. Negative = helpful."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[~mask], bins=bins, color="0.7", label="not selected")
+    ax.hist(scores[mask], bins=bins, color="tab:blue", label="selected")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="trajectory score (negative = lowers target loss)", ylabel="trajectories")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_composition(tasks: list[str], successes: list[bool | None], mask: np.ndarray, path: Path) -> Path:
+    """Share of each source task (split by success/failure) in the prior and in the selection, side by side."""
+    plt = _figure()
+    counts = composition(tasks, successes, mask)
+    keys = sorted(counts["prior"], key=lambda k: (-counts["selected"][k], k))
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(keys) + 1.5))
+    y = np.arange(len(keys))
+    for offset, name, color in ((-0.2, "prior", "0.65"), (0.2, "selected", "tab:blue")):
+        total = max(sum(counts[name].values()), 1)
+        ax.barh(y + offset, [counts[name][k] / total for k in keys], height=0.4, color=color, label=name)
+    ax.set_yticks(y, [f"{task} ({outcome})" for task, outcome in keys], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="fraction of trajectories")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_score_vs_length(scores: np.ndarray, lengths: np.ndarray, mask: np.ndarray, path: Path) -> Path:
+    """Does the estimator just prefer long (or short) trajectories?"""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(lengths[~mask], scores[~mask], s=8, color="0.6", label="not selected")
+    ax.scatter(lengths[mask], scores[mask], s=10, color="tab:blue", label="selected")
+    ax.set(xlabel="trajectory length (steps)", ylabel="score")
+    ax.legend()
+    return _save(fig, path)
+
+
+def markdown_report(
+    title: str,
+    facts: dict[str, object],
+    tasks: list[str],
+    successes: list[bool | None],
+    mask: np.ndarray,
+    plots: list[Path],
+) -> str:
+    """A short report: the run's facts, then the selection's composition next to the prior's."""
+    counts = composition(tasks, successes, mask)
+    lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in facts.items()] + ["", "## Composition", ""]
+    lines += ["| source task | outcome | prior | selected |", "|---|---|---|---|"]
+    for task, outcome in sorted(counts["prior"], key=lambda k: (-counts["selected"][k], k)):
+        lines.append(
+            f"| {task} | {outcome} | {counts['prior'][(task, outcome)]} | {counts['selected'][(task, outcome)]} |"
+        )
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_selection_report(
+    run_dir: Path,
+    title: str,
+    facts: dict[str, object],
+    scores: np.ndarray,
+    lengths: np.ndarray,
+    tasks: list[str],
+    successes: list[bool | None],
+    mask: np.ndarray,
+) -> Path:
+    """All three plots plus report.md into `run_dir`; returns the report path."""
+    run_dir = Path(run_dir)
+    mask = np.asarray(mask, bool)
+    plots = [
+        plot_score_histogram(scores, mask, run_dir / "score_histogram.png"),
+        plot_composition(tasks, successes, mask, run_dir / "composition.png"),
+        plot_score_vs_length(scores, lengths, mask, run_dir / "score_vs_length.png"),
+    ]
+    return atomic_write_text(
+        run_dir / "report.md", markdown_report(title, facts, tasks, successes, mask, plots)
+    )

@@ -1,0 +1,481 @@
+"""RLDS (TFDS) episode datasets: write ours, stream anyone's through the OXE standardization registry.
+
+Why TFDS itself: every Open X-Embodiment dataset is a TFDS directory of RLDS episodes, and the PyPI `rlds`
+package no longer imports. TensorFlow is an optional extra (`datamil[tf]`), imported only in here.
+
+On disk a dataset is `<data_dir>/<name>/<version>/` (dataset_info.json, features.json, tfrecord shards),
+one episode per example:
+
+    steps: Dataset({observation: {state: (D,) float32, image_*: Image (H, W, C) uint8},
+                    action: (A,) float32, reward, discount: float32, is_first, is_last, is_terminal: bool,
+                    language_instruction: Text})
+    episode_metadata: {episode_id, dataset, task: Text, success: int32 (-1 unknown, 0, 1)}
+
+Reading streams one episode at a time and turns each episode's steps into numpy in one batched tf.data op
+(no per-step Python), so ingest keeps pace with TFDS's own reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamil.data.oxe import DATAMIL, STANDARDIZATIONS, Standardization, get_standardization
+from datamil.data.schema import STEP_FLAGS, Episode, EpisodeMeta, is_image_key
+from datamil.data.store import StoreWriter, TrajectoryStore
+from datamil.errors import DataError, DatamilError, UnknownNameError
+from datamil.io import atomic_dir
+
+# Set before TensorFlow's first import: its C++ logging and the oneDNN banner ignore later changes.
+# oneDNN only speeds up dense math, which the data path does not do. A user's own settings win.
+_TF_QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+DATAMIL_META_KEYS = ("episode_id", "dataset", "task", "success")
+DESCRIPTION = "RLDS episodes written by datamil (datamil.data.rlds.write_rlds)."
+IMAGE_ENCODINGS = ("png", "jpeg")
+_ALL_STEPS = 2**31 - 1  # batch size that puts a whole episode's steps in one batch
+_SHARD_ID = re.compile(r"-(\d+)-of-(\d+)__(\d+)$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _tf() -> tuple[Any, Any]:
+    """(tensorflow, tensorflow_datasets), imported quietly on first use."""
+    for key, value in _TF_QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise DatamilError(
+            f"RLDS needs TensorFlow ({e}); install it with: pip install 'datamil[tf]'"
+        ) from None
+    return tf, tfds
+
+
+@contextlib.contextmanager
+def _quiet(tf: Any, tfds: Any) -> Iterator[None]:
+    """Silence TFDS's prints, progress bars and absl/TF warnings for the duration of one call."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    loggers = [logging.getLogger("absl"), tf.get_logger()]
+    levels = [lg.level for lg in loggers]
+    bars = getattr(tqdm_utils, "_active", True)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+# ================================================================ writing
+def write_rlds(
+    episodes: Iterable[Episode],
+    data_dir: str | os.PathLike,
+    name: str,
+    version: str = "1.0.0",
+    image_encoding: str = "png",
+) -> Path:
+    """Write episodes as an RLDS dataset (split "train"); returns `<data_dir>/<name>/<version>`.
+
+    Episodes are streamed (only one is held at a time). The layout (observation keys, shapes, action
+    dim) is taken from the first episode; every episode is validated against it. The version directory
+    appears only when complete: a failed write leaves nothing behind.
+    """
+    tf, tfds = _tf()
+    if image_encoding not in IMAGE_ENCODINGS:
+        raise DataError(f"image_encoding {image_encoding!r} is not one of {IMAGE_ENCODINGS}")
+    if not _NAME.match(name):
+        raise DataError(f"dataset name {name!r} must be snake_case (a-z, 0-9, _), e.g. 'datamil_metaworld'")
+    iterator = iter(episodes)
+    first = next(iterator, None)
+    if first is None:
+        raise DataError(f"no episodes to write to {name!r}; check the data source and its filters")
+    layout = _layout(first.validate())
+    features = _features(tfds, layout, first.actions.shape[1], image_encoding)
+    examples = _examples(itertools.chain([first], iterator), layout)
+    final = Path(data_dir) / name / version
+    with _cleanup_if_new(final.parent), atomic_dir(final) as tmp, _quiet(tf, tfds):
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=name,
+            version=version,
+            features=features,
+            split_datasets={"train": examples},
+            data_dir=os.fspath(tmp),
+            description=DESCRIPTION,
+            disable_shuffling=True,
+        )
+        _move_up(tmp / name / version, tmp)
+    return final
+
+
+@contextlib.contextmanager
+def _cleanup_if_new(root: Path) -> Iterator[None]:
+    """Remove `root` again if this write created it and failed, so no empty dataset folder is left."""
+    existed = root.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise
+
+
+def _move_up(version_dir: Path, tmp: Path) -> None:
+    """TFDS wrote `<tmp>/<name>/<version>/*` (plus a downloads folder): make `tmp` the version dir itself."""
+    leftovers = [p for p in tmp.iterdir()]
+    for item in version_dir.iterdir():
+        item.rename(tmp / item.name)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _layout(episode: Episode) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Observation key -> (per-step shape, is image), from the first episode."""
+    layout = {}
+    for key, value in episode.observations.items():
+        value = np.asarray(value)
+        if is_image_key(key) and (
+            value.dtype != np.uint8 or value.ndim != 4 or value.shape[-1] not in (1, 3)
+        ):
+            raise DataError(
+                f"episode {episode.meta.episode_id!r}: image {key!r} must be uint8 (T, H, W, 1 or 3), "
+                f"got {value.dtype} {value.shape}"
+            )
+        layout[key] = (value.shape[1:], is_image_key(key))
+    return layout
+
+
+def _features(tfds: Any, layout: dict, action_dim: int, image_encoding: str) -> Any:
+    feat = tfds.features
+    observation = {
+        key: feat.Image(shape=shape, dtype=np.uint8, encoding_format=image_encoding)
+        if image
+        else feat.Tensor(shape=shape, dtype=np.float32)
+        for key, (shape, image) in layout.items()
+    }
+    steps = {
+        "observation": feat.FeaturesDict(observation),
+        "action": feat.Tensor(shape=(action_dim,), dtype=np.float32),
+        "reward": feat.Scalar(dtype=np.float32),
+        "discount": feat.Scalar(dtype=np.float32),
+        **{flag: feat.Scalar(dtype=np.bool_) for flag in STEP_FLAGS},
+        "language_instruction": feat.Text(),
+    }
+    metadata = {
+        "episode_id": feat.Text(),
+        "dataset": feat.Text(),
+        "task": feat.Text(),
+        "success": feat.Scalar(np.int32),
+    }
+    return feat.FeaturesDict({"steps": feat.Dataset(steps), "episode_metadata": feat.FeaturesDict(metadata)})
+
+
+def _examples(episodes: Iterable[Episode], layout: dict) -> Iterator[tuple[int, dict]]:
+    """(key, example) pairs for TFDS; each episode is validated against the first one's layout."""
+    action_dim = None
+    for index, episode in enumerate(episodes):
+        episode.validate(action_dim)
+        action_dim = episode.actions.shape[1]
+        if _layout(episode) != layout:
+            shapes = {k: np.shape(v)[1:] for k, v in episode.observations.items()}
+            expected = {k: shape for k, (shape, _) in layout.items()}
+            raise DataError(
+                f"episode {episode.meta.episode_id!r} of {episode.meta.dataset!r}: observations {shapes} "
+                f"differ from the first episode's {expected}; write differently shaped data as separate datasets"
+            )
+        yield index, _example(episode)
+
+
+def _example(episode: Episode) -> dict:
+    n = len(episode)
+    observation = {
+        k: np.asarray(v) if is_image_key(k) else np.asarray(v, np.float32)
+        for k, v in episode.observations.items()
+    }
+    steps = {
+        "observation": observation,
+        "action": np.asarray(episode.actions, np.float32),
+        "reward": np.asarray(episode.rewards, np.float32),
+        "discount": np.ones(n, np.float32),
+        **{flag: np.asarray(getattr(episode, flag), bool) for flag in STEP_FLAGS},
+        "language_instruction": [episode.language_instruction] * n,
+    }
+    meta = episode.meta
+    success = -1 if meta.success is None else int(meta.success)
+    metadata = {"episode_id": meta.episode_id, "dataset": meta.dataset, "task": meta.task, "success": success}
+    return {"steps": steps, "episode_metadata": metadata}
+
+
+# ================================================================ reading
+def open_builder(source: str | os.PathLike, data_dir: str | None = None) -> Any:
+    """A TFDS builder for a dataset directory (version dir or the `<name>/` above it) or a dataset name."""
+    tf, tfds = _tf()
+    text = os.fspath(source)
+    is_path = (
+        isinstance(source, os.PathLike) or text.startswith("gs://") or os.sep in text or Path(text).exists()
+    )
+    with _quiet(tf, tfds):
+        if is_path:
+            version_dir = _version_dir(text)
+            try:
+                return tfds.builder_from_directory(version_dir)
+            except Exception as e:  # noqa: BLE001 - any TFDS failure here means "not a readable dataset"
+                raise DataError(
+                    f"{version_dir} is not a readable TFDS/RLDS dataset ({_first_line(e)})"
+                ) from None
+        try:
+            return tfds.builder(text, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            hint = "pass a dataset directory, or the data_dir that holds it (e.g. gs://gresearch/robotics)"
+            raise UnknownNameError("RLDS dataset", text, _names_in(data_dir), hint) from None
+
+
+def _version_dir(path: str) -> str:
+    """`path` if it holds dataset_info.json, else its newest version subdirectory (one or two levels down)."""
+    from etils import epath
+
+    root = epath.Path(path)
+    if (root / "dataset_info.json").exists():
+        return os.fspath(root)
+    if not root.exists():
+        raise DataError(
+            f"{path} does not exist; pass an RLDS dataset directory such as <data_dir>/<name>/<version>"
+        )
+    candidates = [d for d in root.glob("*/dataset_info.json")] + [
+        d for d in root.glob("*/*/dataset_info.json")
+    ]
+    if not candidates:
+        raise DataError(
+            f"{path} is not an RLDS/TFDS dataset directory (no dataset_info.json in it or a version "
+            "subdirectory); pass <data_dir>/<name>/<version> as written by tfds or write_rlds()"
+        )
+    return os.fspath(max((c.parent for c in candidates), key=lambda d: _version_key(d.name)))
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else -1 for p in name.split("."))
+
+
+def _names_in(data_dir: str | None) -> list[str]:
+    if data_dir is None or not Path(data_dir).is_dir():
+        return []
+    return sorted(d.name for d in Path(data_dir).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def is_datamil_layout(features: Any) -> bool:
+    """True for datasets written by write_rlds (our episode_metadata keys)."""
+    return "episode_metadata" in features and set(DATAMIL_META_KEYS) <= set(
+        features["episode_metadata"].keys()
+    )
+
+
+def resolve_standardization(builder: Any, name: str | None = None) -> Standardization:
+    """The OXE entry to use: the given name, else the builder's name, else ours for write_rlds datasets."""
+    if name is not None:
+        return get_standardization(name)
+    if builder.name in STANDARDIZATIONS:
+        return get_standardization(builder.name)
+    if is_datamil_layout(builder.info.features):
+        return get_standardization(DATAMIL)
+    hint = "pass standardization=<name of a dataset with the same layout>, or register an entry in datamil.data.oxe"
+    raise UnknownNameError("OXE dataset", builder.name, STANDARDIZATIONS.names(), hint)
+
+
+def read_rlds(
+    source: str | os.PathLike,
+    standardization: str | None = None,
+    split: str = "train",
+    data_dir: str | None = None,
+    max_episodes: int | None = None,
+    progress: bool = True,
+    images: bool = True,
+) -> Iterator[Episode]:
+    """Stream a dataset's episodes in the common schema, one at a time, in a fixed order.
+
+    source: a dataset directory or a dataset name (looked up in `data_dir`, e.g. gs://gresearch/robotics).
+    standardization: OXE registry entry; default: by dataset name, or ours for write_rlds datasets.
+    images: False skips decoding every camera (much faster when only state and actions are needed).
+    Episode ids: ours keep their stored id; other datasets get f"{name}/{split}/{index}", index being
+    the episode's position in the whole split (stable under split slicing such as "train[10:20]").
+    Setup errors (not a dataset, unknown name or split) raise here; malformed episodes raise DataError
+    when reached.
+    """
+    tf, tfds = _tf()
+    builder = open_builder(source, data_dir)
+    spec = resolve_standardization(builder, standardization)
+    if not images:
+        spec = spec.without_images()
+    total = _split_size(builder, split)
+    total = total if max_episodes is None else min(total, max_episodes)
+    dataset = _episode_dataset(tf, tfds, builder, spec, split, max_episodes, images)
+    reader = _EpisodeReader(builder, spec, split.split("[")[0], images)
+    return _stream(tfds, dataset, reader, total, progress)
+
+
+def _split_size(builder: Any, split: str) -> int:
+    """Episodes in `split` (TFDS slicing like "train[:10%]" allowed); DataError naming the valid splits."""
+    if not builder.info.splits:
+        raise DataError(
+            f"{builder.name} has no prepared data in {builder.data_dir}; prepare it or pass its data_dir"
+        )
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        raise DataError(
+            f"{builder.name} has no split {split!r}; available: {sorted(builder.info.splits)}"
+        ) from None
+
+
+def _episode_dataset(
+    tf: Any, tfds: Any, builder: Any, spec: Standardization, split: str, limit, images: bool
+) -> Any:
+    """tf.data of episodes whose `steps` are already batched into (T, ...) tensors."""
+    cameras = image_paths(builder.info.features)
+    used = spec.image_paths(cameras) if images else []
+    decoders = _skip_decoders(tfds, [p for p in cameras if p not in used])
+    with _quiet(tf, tfds):
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            decoders=decoders or None,
+            read_config=tfds.ReadConfig(add_tfds_id=True),
+        )
+    if limit is not None:
+        ds = ds.take(limit)
+
+    def batch_steps(episode: dict) -> dict:
+        return {**episode, "steps": episode["steps"].batch(_ALL_STEPS).get_single_element()}
+
+    return ds.map(batch_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+def image_paths(features: Any) -> list[str]:
+    """ "/"-joined paths (relative to steps) of every Image feature in the steps of an RLDS dataset."""
+    from tensorflow_datasets.core.features import Image
+
+    def walk(feature: Any, prefix: str) -> Iterator[str]:
+        if isinstance(feature, Image):
+            yield prefix
+        elif hasattr(feature, "keys"):
+            for key in feature.keys():
+                yield from walk(feature[key], f"{prefix}/{key}" if prefix else key)
+
+    return list(walk(features["steps"].feature, ""))
+
+
+def _skip_decoders(tfds: Any, paths: list[str]) -> dict:
+    """Nested TFDS decoders that leave the given step images encoded (and so cost nothing to read)."""
+    steps: dict = {}
+    for path in paths:
+        *parents, leaf = path.split("/")
+        node = steps
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tfds.decode.SkipDecoding()
+    return {"steps": steps} if steps else {}
+
+
+def _stream(tfds: Any, dataset: Any, reader: _EpisodeReader, total: int, progress: bool) -> Iterator[Episode]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=reader.name, unit="ep", disable=not progress) as bar:
+        for position, raw in enumerate(tfds.as_numpy(dataset)):
+            yield reader.episode(raw, position)
+            bar.update()
+
+
+class _EpisodeReader:
+    """Turns one raw numpy episode (steps batched over time) into a validated Episode."""
+
+    def __init__(self, builder: Any, spec: Standardization, split: str, images: bool) -> None:
+        self.name, self.spec, self.split = builder.name, spec, split
+        self.ours = is_datamil_layout(builder.info.features)
+        shard_lengths = builder.info.splits[split].shard_lengths or []
+        self.shard_offsets = np.concatenate([[0], np.cumsum(shard_lengths)]).astype(int)
+        self.skip = [] if images else image_paths(builder.info.features)
+
+    def episode(self, raw: dict, position: int) -> Episode:
+        steps = raw.pop("steps")
+        for path in self.skip:
+            _pop_path(steps, path)
+        meta = self.meta(raw, position)
+        where = f"episode {meta.episode_id!r} of {self.name!r}"
+        standard = self.spec(steps, where)
+        flags = {flag: np.asarray(steps[flag], bool) if flag in steps else None for flag in STEP_FLAGS}
+        rewards = np.asarray(steps["reward"], np.float32).reshape(-1) if "reward" in steps else None
+        if not self.ours and not meta.task:
+            meta = EpisodeMeta(meta.episode_id, meta.dataset, standard.language, meta.success)
+        episode = Episode(
+            standard.observations,
+            standard.actions,
+            meta,
+            rewards,
+            language_instruction=standard.language,
+            **flags,
+        )
+        return episode.validate(self.spec.action_dim)
+
+    def meta(self, raw: dict, position: int) -> EpisodeMeta:
+        if self.ours:
+            m = raw["episode_metadata"]
+            success = int(m["success"])
+            return EpisodeMeta(
+                _text(m["episode_id"]),
+                _text(m["dataset"]),
+                _text(m["task"]),
+                None if success < 0 else bool(success),
+            )
+        success = self.spec.success(raw) if self.spec.success else None
+        return EpisodeMeta(f"{self.name}/{self.split}/{self.index(raw, position)}", self.name, "", success)
+
+    def index(self, raw: dict, position: int) -> int:
+        """The episode's position in the whole split, from TFDS's shard id (enumeration order as fallback)."""
+        match = _SHARD_ID.search(_text(raw.get("tfds_id", b"")))
+        if match is None or int(match.group(1)) >= len(self.shard_offsets) - 1:
+            return position
+        return int(self.shard_offsets[int(match.group(1))]) + int(match.group(3))
+
+
+def _pop_path(tree: dict, path: str) -> None:
+    *parents, leaf = path.split("/")
+    for part in parents:
+        tree = tree.get(part, {})
+    tree.pop(leaf, None)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ================================================================ ingest
+def ingest_rlds(
+    source: str | os.PathLike, store_path: str | os.PathLike, **read_kwargs: Any
+) -> TrajectoryStore:
+    """Stream an RLDS dataset into an on-disk TrajectoryStore (atomic) and open it memory-mapped.
+
+    read_kwargs go to read_rlds (standardization, split, data_dir, max_episodes, progress, images).
+    """
+    episodes = read_rlds(source, **read_kwargs)
+    with StoreWriter(store_path) as writer:
+        for episode in episodes:
+            writer.add(episode)
+    return TrajectoryStore.load(store_path)

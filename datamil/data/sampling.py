@@ -73,15 +73,21 @@ class MixtureSampler:
     proportional to the fractional parts, so every pool's expected share is exactly r_i / sum(r).
     """
 
-    def __init__(self, pools: Sequence[np.ndarray], ratios: Sequence[float], batch_size: int, seed: int) -> None:
+    def __init__(
+        self, pools: Sequence[np.ndarray], ratios: Sequence[float], batch_size: int, seed: int
+    ) -> None:
         if len(pools) != len(ratios) or not pools:
             raise DatamilError(f"got {len(pools)} pools and {len(ratios)} ratios; give one ratio per pool")
         if any(not r > 0 for r in ratios):
-            raise DatamilError(f"mixing ratios must be positive, got {list(ratios)}; drop a pool instead of a 0 ratio")
+            raise DatamilError(
+                f"mixing ratios must be positive, got {list(ratios)}; drop a pool instead of a 0 ratio"
+            )
         self.pools = [np.asarray(p, np.int64) for p in pools]
         empty = [i for i, p in enumerate(self.pools) if len(p) == 0]
         if empty:
-            raise DatamilError(f"pool {empty[0]} is empty but has ratio {ratios[empty[0]]}; select data for it or drop it")
+            raise DatamilError(
+                f"pool {empty[0]} is empty but has ratio {ratios[empty[0]]}; select data for it or drop it"
+            )
         self.ratios = np.asarray(ratios, np.float64) / float(np.sum(ratios))
         self.batch_size, self.seed = int(batch_size), int(seed)
 

@@ -9,7 +9,10 @@ vmap through them; `params()` gives the module's current ones.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +50,23 @@ class Normalizer(nn.Module):
 
 
 class Policy(nn.Module, ABC):
-    """A policy whose loss is defined per sample and whose parameters can be passed functionally."""
+    """A policy whose loss is defined per sample and whose parameters can be passed functionally.
+
+    `init_kwargs` records the constructor arguments of the outermost class (filled in automatically),
+    so a checkpoint can rebuild the policy without knowing its type in advance.
+    """
+
+    batch_keys: tuple[str, ...] = (OBS_STATE_KEY, ACTION)  # store arrays a training batch needs
+    init_kwargs: dict[str, Any]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+
+    def extra_batch_arrays(self, store: Any, step_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays beyond `batch_keys` that a batch of these (B,) flat step ids needs (e.g. action chunks)."""
+        return {}
 
     @abstractmethod
     def loss_fn(self, batch: Batch) -> Tensor:
@@ -81,3 +100,24 @@ class Policy(nn.Module, ABC):
         if params is None:
             return self.predict(tensors).cpu().numpy()
         return functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False).cpu().numpy()
+
+
+def _recording_init(init: Any) -> Any:
+    """Wrap __init__ so the outermost call stores its bound arguments in `self.init_kwargs`."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Policy, *args: Any, **kwargs: Any) -> None:
+        if "init_kwargs" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(value)
+                else:
+                    recorded[name] = value
+            object.__setattr__(self, "init_kwargs", recorded)
+        init(self, *args, **kwargs)
+
+    return wrapper

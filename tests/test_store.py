@@ -118,3 +118,16 @@ def test_duplicate_ids_and_empty_input_are_rejected(episodes):
 def test_load_rejects_a_directory_that_is_not_a_store(tmp_path):
     with pytest.raises(DataError, match="not a datamil trajectory store"):
         TrajectoryStore.load(tmp_path)
+
+
+def test_concat_keeps_order_and_recomputes_stats(episodes):
+    first, second = TrajectoryStore.from_episodes(episodes[:2]), TrajectoryStore.from_episodes(episodes[2:])
+    both = TrajectoryStore.concat([first, second])
+    whole = TrajectoryStore.from_episodes(episodes)
+    np.testing.assert_array_equal(both.offsets, whole.offsets)
+    assert both.episodes == whole.episodes
+    for name, value in whole.arrays.items():
+        np.testing.assert_array_equal(both.arrays[name], value)
+    np.testing.assert_allclose(both.stats["ds"]["obs/state"].mean, whole.stats["ds"]["obs/state"].mean)
+    with pytest.raises(DataError, match="duplicate episode ids"):
+        TrajectoryStore.concat([first, first])

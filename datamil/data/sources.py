@@ -79,11 +79,13 @@ class MetaWorldSource:
     """Self-generated MetaWorld data: a prior of scripted experts (with noise, so successes and failures)
     across many tasks, with some target-task data inside it, plus clean target demos split by seed."""
 
-    prior_tasks: list[str] = field(default_factory=list)  # names without the "metaworld/" prefix
+    prior_tasks: list[str] = field(default_factory=list)  # e.g. [metaworld/reach, push]; empty = whole suite
     episodes_per_task: int = 10
     target_in_prior: bool = True  # the reference prior holds some target-task data too
     noise_levels: tuple[float, ...] = (0.1, 0.5, 1.0)
-    max_steps: int = 200
+    max_steps: int = 200  # prior episode length cap
+    target_max_steps: int = 500  # target demo length cap
+    target_noise: float = 0.05  # action noise of the (successful) target demos
     n_target_demos: int = 20
     n_target_val: int = 10
     seed: int = 0
@@ -91,19 +93,24 @@ class MetaWorldSource:
     cache_dir: str | None = None
 
     def load(self, task: str) -> TaskData:
-        from sim_tasks import metaworld_env
+        from sim_tasks.suites import split_task
 
-        name = metaworld_env.canonical_task(task)
+        split_task(task)  # an unknown task fails here, listing the valid names
         root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
-        prior = self._prior(name, root)
-        target = self._target(name, root)
+        prior = self._prior(task, root)
+        target = self._target(task, root)
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
         return TaskData(task, prior, target_train, target_val)
 
     def prior_task_list(self, task: str) -> list[str]:
-        from sim_tasks import metaworld_env
+        """The prior's tasks: `prior_tasks` (default: every task of the target's suite), target in or out."""
+        from sim_tasks.suites import split_task, task_names
 
-        tasks = [metaworld_env.canonical_task(t) for t in self.prior_tasks] or metaworld_env.task_names()
+        suite = task.partition("/")[0]
+        tasks = [t if "/" in t else f"{suite}/{t}" for t in self.prior_tasks]
+        for name in tasks:
+            split_task(name)
+        tasks = tasks or [t for t in task_names() if t.startswith(suite + "/")]
         if self.target_in_prior and task not in tasks:
             tasks = [*tasks, task]
         if not self.target_in_prior:
@@ -116,8 +123,14 @@ class MetaWorldSource:
         from sim_tasks.generate import generate_episodes
 
         tasks = self.prior_task_list(task)
-        config = {"kind": "prior", "tasks": sorted(tasks), **self._generation_config()}
-        config.update(episodes_per_task=self.episodes_per_task)
+        config = {
+            "kind": "prior",
+            "tasks": sorted(tasks),
+            "episodes_per_task": self.episodes_per_task,
+            "seed": self.seed,
+            "noise_levels": list(self.noise_levels),
+            "max_steps": self.max_steps,
+        }
         return cached_store(
             root / "metaworld" / f"prior-{cache_key(config)}",
             config,
@@ -134,15 +147,26 @@ class MetaWorldSource:
     def _target(self, task: str, root: Path) -> TrajectoryStore:
         from sim_tasks.generate import generate_target_demos
 
-        config = {"kind": "target", "task": task, "n": self.n_target_demos, **self._generation_config()}
+        config = {
+            "kind": "target",
+            "task": task,
+            "n": self.n_target_demos,
+            "seed": self.seed,
+            "noise": self.target_noise,
+            "max_steps": self.target_max_steps,
+        }
         return cached_store(
             root / "metaworld" / f"target-{cache_key(config)}",
             config,
-            lambda: generate_target_demos(task, self.n_target_demos, self.seed, max_steps=self.max_steps),
+            lambda: generate_target_demos(
+                task,
+                self.n_target_demos,
+                self.seed,
+                noise=self.target_noise,
+                max_steps=self.target_max_steps,
+                workers=self.workers,
+            ),
         )
-
-    def _generation_config(self) -> dict:
-        return {"seed": self.seed, "noise_levels": list(self.noise_levels), "max_steps": self.max_steps}
 
 
 @DATA_SOURCES.register("rlds")

@@ -234,6 +234,28 @@ class TrajectoryStore:
         offsets = np.concatenate([[0], np.cumsum(self.episode_lengths[episode_indices])])
         return TrajectoryStore(arrays, offsets, self.episodes.take(episode_indices), self.stats)
 
+    @classmethod
+    def concat(cls, stores: Sequence[TrajectoryStore]) -> TrajectoryStore:
+        """One in-memory store of all episodes of `stores`, in order (e.g. target demos + selected prior).
+
+        Statistics are recomputed per source dataset over the combined episodes.
+        """
+        stores = [s for s in stores if s.n_episodes > 0]
+        if not stores:
+            raise DataError("nothing to concatenate: every store is empty")
+        names = set(stores[0].arrays)
+        for other in stores[1:]:
+            if set(other.arrays) != names:
+                raise DataError(
+                    f"cannot combine stores with arrays {sorted(names)} and {sorted(other.arrays)}; "
+                    "standardize them to the same observation keys"
+                )
+        arrays = {name: np.concatenate([np.asarray(s.arrays[name]) for s in stores]) for name in names}
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate([s.episode_lengths for s in stores]))])
+        columns = zip(*(s.episodes.columns() for s in stores), strict=True)
+        table = EpisodeTable(*(sum(parts, []) for parts in columns))
+        return cls(arrays, offsets, table)
+
     def pooled_stats(self, name: str) -> NormStats:
         """Statistics of array `name` over all steps of this store (e.g. for a policy trained on a mixture)."""
         return NormStats.of(self.arrays[name])

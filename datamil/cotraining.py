@@ -1,0 +1,135 @@
+"""Co-training: target-train demos plus the selected prior trajectories, mixed by sampling weight.
+
+Target-only and all-prior are selections too (empty, and everything), so every baseline trains through
+this one function with the same policy, steps and mixing ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datamil.checkpoint import save_policy
+from datamil.data.sampling import MixtureSampler
+from datamil.data.store import TrajectoryStore
+from datamil.errors import DatamilError
+from datamil.io import atomic_write_bytes
+from datamil.logger import Logger
+from datamil.policies.base import OBS_STATE_KEY, Policy
+from datamil.training import OptimConfig, TrainResult, train
+
+PolicyFactory = Callable[..., Policy]
+
+
+def build_policy(factory: PolicyFactory, store: TrajectoryStore) -> Policy:
+    """Instantiate a policy sized and normalized for `store` (dims and statistics come from the data)."""
+    if OBS_STATE_KEY not in store.arrays:
+        raise DatamilError(f"the data has no {OBS_STATE_KEY!r}; state-based policies need a state vector")
+    return factory(
+        obs_dim=int(store.arrays[OBS_STATE_KEY].shape[1]),
+        action_dim=store.action_dim,
+        state_stats=store.pooled_stats(OBS_STATE_KEY),
+    )
+
+
+@dataclass
+class Mixture:
+    """The co-training data: one store (target episodes first) and a sampler over its two pools."""
+
+    store: TrajectoryStore
+    sampler: MixtureSampler
+    n_target_episodes: int
+    n_prior_episodes: int
+
+
+def build_mixture(
+    target_train: TrajectoryStore,
+    prior: TrajectoryStore,
+    selected_ids: list[str],
+    target_ratio: float,
+    prior_ratio: float,
+    batch_size: int,
+    seed: int,
+) -> Mixture:
+    """Target-train + the selected prior episodes; each batch draws target:prior in the given ratio.
+
+    With no prior episodes selected the batch is all target data (target-only training).
+    """
+    if not (target_ratio > 0 and prior_ratio > 0):
+        raise DatamilError(
+            f"mixing ratio target:prior = {target_ratio}:{prior_ratio} must be positive on both sides; "
+            "use an empty selection for target-only training"
+        )
+    parts = [target_train]
+    if selected_ids:
+        parts.append(prior.subset(prior.index_of(selected_ids)))
+    store = TrajectoryStore.concat(parts)
+    n_target_steps = target_train.n_steps
+    pools = [np.arange(n_target_steps)]
+    ratios = [target_ratio]
+    if selected_ids:
+        pools.append(np.arange(n_target_steps, store.n_steps))
+        ratios.append(prior_ratio)
+    sampler = MixtureSampler(pools, ratios, batch_size, seed)
+    return Mixture(store, sampler, target_train.n_episodes, len(selected_ids))
+
+
+def cotrain(
+    factory: PolicyFactory,
+    mixture: Mixture,
+    steps: int,
+    optim: OptimConfig,
+    seed: int,
+    run_dir: Path,
+    task: str,
+    config: dict,
+    logger: Logger | None = None,
+    checkpoint_every: int = 2000,
+    log_every: int = 50,
+) -> tuple[Path, TrainResult]:
+    """Train on the mixture; write `policy.pt` and `training_curve.png` into run_dir (resumable)."""
+    policy = build_policy(factory, mixture.store)
+    result = train(
+        policy,
+        mixture.store,
+        mixture.sampler,
+        steps,
+        mixture.sampler.batch_size,
+        optim,
+        seed,
+        logger=logger,
+        checkpoint_dir=run_dir / "train_state",
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    )
+    path = save_policy(
+        run_dir / "policy.pt", policy, result.params, task=task, train_config=config, step=steps
+    )
+    plot_training_curve(result.losses, run_dir / "training_curve.png", log_every)
+    return path, result
+
+
+def plot_training_curve(losses: np.ndarray | list[float], path: Path, every: int = 50) -> Path:
+    """Training loss against step, smoothed over `every` steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(losses, np.float64)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(np.arange(len(losses)), losses, color="0.75", lw=0.6, label="per step")
+    if len(losses) >= every:
+        smooth = np.convolve(losses, np.ones(every) / every, mode="valid")
+        ax.plot(np.arange(every - 1, len(losses)), smooth, color="tab:blue", label=f"mean of {every}")
+    ax.set(xlabel="step", ylabel="training loss")
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -32,7 +32,7 @@ def evaluate_checkpoint(
     seed: int = 0,
     max_steps: int = 500,
     n_envs: int = 10,
-    workers: int = 2,
+    workers: int = 1,
     execute_steps: int | None = None,
     progress: bool = True,
 ) -> EvalResult:

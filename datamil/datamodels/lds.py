@@ -1,0 +1,205 @@
+"""Linear datamodeling score (LDS; Park et al. 2023): does an estimator's additive prediction rank the
+true surrogate of proxies trained on held-out random subsets?
+
+    LDS = Spearman_m( sum_{i in subset_m} scores[i],  S(theta*(subset_m)) ),   m = 1..M           (lds)
+
+Subsets are fresh random alpha-fractions of the prior TRAJECTORIES (never those any estimator was fit on);
+the M proxies train together as vmapped ensembles with the estimators' seed. Two counterfactuals:
+mode="resample" trains each proxy on its subset's pool (what co-training on a selection does);
+mode="reweight" keeps the scored run's batches and zeroes the weights of dropped samples (what the
+metagradient is literally a derivative of). A percentile bootstrap over the M subsets gives an interval.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from datamil.data.store import TrajectoryStore
+from datamil.datamodels.base import ESTIMATORS, prepare
+from datamil.datamodels.proxy import (
+    ProxyConfig,
+    ensemble_surrogates_on_subsets,
+    random_masks,
+    subset_rows,
+    train_proxy,
+)
+from datamil.errors import DatamilError
+from datamil.policies.base import Policy
+
+
+@dataclass
+class LdsRow:
+    """One estimator's LDS with its bootstrap interval and cost (wall s, and ÷ one proxy training run)."""
+
+    name: str
+    lds: float
+    low: float
+    high: float
+    wall_s: float = float("nan")
+    cost_ratio: float = float("nan")
+
+
+def predicted_surrogates(scores: np.ndarray, store: TrajectoryStore, masks: np.ndarray) -> np.ndarray:
+    """(M,) sum of the per-step scores of each mask's episodes (up to the constant of eq. lds)."""
+    per_episode = np.bincount(store.episode_of_step, weights=scores, minlength=store.n_episodes)
+    return masks.astype(np.float64) @ per_episode
+
+
+def spearman_interval(
+    pred: np.ndarray, true: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(rho, low, high): Spearman correlation and its percentile bootstrap interval over the pairs."""
+    rho = float(spearmanr(pred, true).statistic)
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():  # a resample can be constant; its NaN is skipped by nanquantile
+        warnings.simplefilter("ignore")
+        draws = (rng.integers(0, len(pred), len(pred)) for _ in range(n_boot))
+        boots = [spearmanr(pred[i], true[i]).statistic for i in draws]
+    low, high = np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return rho, float(low), float(high)
+
+
+def true_surrogates(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    masks: np.ndarray,
+    proxy: ProxyConfig,
+    seed: int,
+    mode: str = "resample",
+    chunk: int = 25,
+    target_train_store: TrajectoryStore | None = None,
+    include_target_train: bool = False,
+) -> np.ndarray:
+    """(M,) surrogate of a proxy trained on each mask's prior episodes (+ target-train when included)."""
+    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
+    if mode == "resample":
+        rows = subset_rows(pool, train_store.n_episodes, masks)
+        return ensemble_surrogates_on_subsets(policy, pool, surrogate, rows, proxy, seed, chunk)
+    if mode == "reweight":
+        keep = np.ones((len(masks), pool.size), np.float64)
+        keep[:, : pool.n_scored] = masks[:, train_store.episode_of_step]
+        rows = [np.arange(pool.size)] * len(masks)
+        return ensemble_surrogates_on_subsets(
+            policy, pool, surrogate, rows, proxy, seed, chunk, torch.from_numpy(keep)
+        )
+    raise DatamilError(f"unknown LDS mode {mode!r}; use 'resample' or 'reweight'")
+
+
+def linear_datamodeling_score(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    scores: dict[str, np.ndarray],
+    proxy: ProxyConfig | None = None,
+    rng_seed: int = 0,
+    n_models: int = 50,
+    alpha: float = 0.5,
+    mode: str = "resample",
+    n_boot: int = 1000,
+    subset_seed: int = 10_001,
+    target_train_store: TrajectoryStore | None = None,
+    include_target_train: bool = False,
+) -> tuple[list[LdsRow], np.ndarray, np.ndarray]:
+    """LDS of every estimator's scores on the same M fresh subsets: (rows, masks (M, E), true (M,))."""
+    if n_models < 3:
+        raise DatamilError(
+            f"LDS needs at least 3 subsets (got n_models={n_models}); use >= 50 for a stable number"
+        )
+    masks = random_masks(
+        train_store.n_episodes, n_models, alpha, np.random.default_rng([subset_seed, rng_seed])
+    )
+    true = true_surrogates(
+        policy,
+        train_store,
+        target_val_store,
+        masks,
+        proxy or ProxyConfig(),
+        rng_seed,
+        mode,
+        target_train_store=target_train_store,
+        include_target_train=include_target_train,
+    )
+    rows = []
+    for name, s in scores.items():
+        rho, low, high = spearman_interval(
+            predicted_surrogates(s, train_store, masks), true, n_boot, rng_seed
+        )
+        rows.append(LdsRow(name, rho, low, high))
+    return rows, masks, true
+
+
+def proxy_training_seconds(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    proxy: ProxyConfig,
+    seed: int,
+    repeats: int = 2,
+) -> float:
+    """Warm wall time of one proxy training run (one short warm-up run first; min over `repeats`)."""
+    pool, _ = prepare(policy, train_store, target_val_store)
+    train_proxy(policy, pool, proxy.with_steps(min(10, proxy.steps)), seed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_proxy(policy, pool, proxy, seed)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run_estimators(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    estimators: dict[str, dict],
+    proxy: ProxyConfig,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Scores and wall seconds of each registered estimator name -> its keyword arguments."""
+    scores, walls = {}, {}
+    for name, kwargs in estimators.items():
+        start = time.perf_counter()
+        scores[name] = ESTIMATORS.get(name)(
+            policy, train_store, target_val_store, seed, proxy=proxy, **kwargs
+        ).scores
+        walls[name] = time.perf_counter() - start
+    return scores, walls
+
+
+def format_table(rows: list[LdsRow]) -> str:
+    """One plain-text table: estimator, LDS [interval], wall time, wall time ÷ one proxy training run."""
+    lines = [f"{'estimator':<14} {'LDS':>6}  {'95% CI':<15} {'wall s':>8} {'÷ train':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r.name:<14} {r.lds:>6.3f}  [{r.low:.2f}, {r.high:.2f}]{'':<3} {r.wall_s:>8.1f} {r.cost_ratio:>8.2f}"
+        )
+    return "\n".join(lines)
+
+
+def compare_estimators(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    estimators: dict[str, dict],
+    proxy: ProxyConfig,
+    seed: int = 0,
+    n_models: int = 50,
+    alpha: float = 0.5,
+    mode: str = "resample",
+) -> tuple[list[LdsRow], float]:
+    """Run every estimator, then score all of them on the same fresh subsets: (rows, one training run s)."""
+    base = proxy_training_seconds(policy, train_store, target_val_store, proxy, seed)
+    scores, walls = run_estimators(policy, train_store, target_val_store, estimators, proxy, seed)
+    rows, _, _ = linear_datamodeling_score(
+        policy, train_store, target_val_store, scores, proxy, seed, n_models, alpha, mode
+    )
+    for row in rows:
+        row.wall_s, row.cost_ratio = walls[row.name], walls[row.name] / base
+    return rows, base

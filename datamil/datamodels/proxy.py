@@ -1,0 +1,185 @@
+"""The proxy training run that estimators score: the co-training step (`datamil.training.train_step`) on a
+`TrainPool`, with batch order a pure function of (seed, step).
+
+Single runs (`train_proxy`) and vmapped ensembles of runs on different subsets (`train_ensemble`, used by
+the regression estimator and the LDS check) share one step definition, so every estimator measures or
+differentiates the same training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datamil.datamodels.surrogate import Surrogate, TrainPool, take
+from datamil.errors import DatamilError
+from datamil.policies.base import Params, Policy
+from datamil.training import OptimConfig, OptState, batch_indices, init_opt_state, init_params, train_step
+
+
+def random_masks(n_episodes: int, n_models: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """(M, E) bool: each row keeps exactly round(alpha * E) (at least 1) random episodes."""
+    if not 0.0 < alpha <= 1.0:
+        raise DatamilError(f"subset fraction alpha={alpha} must be in (0, 1]")
+    k = max(1, round(alpha * n_episodes))
+    masks = np.zeros((n_models, n_episodes), bool)
+    for m in range(n_models):
+        masks[m, rng.choice(n_episodes, k, replace=False)] = True
+    return masks
+
+
+def subset_rows(pool: TrainPool, n_prior_episodes: int, masks: np.ndarray) -> list[np.ndarray]:
+    """Pool rows of each mask's prior episodes plus every target-train row (always trained on)."""
+    target = np.arange(n_prior_episodes, int(pool.episode.max()) + 1)
+    return [pool.rows_of_episodes(np.concatenate([np.flatnonzero(m), target])) for m in masks]
+
+
+def smooth_optim() -> OptimConfig:
+    """Defaults for a differentiated proxy run: Adam eps 1e-2 (inside the root), no clipping (NOTES.md)."""
+    return OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=400, min_lr_ratio=1.0, grad_clip=None)
+
+
+@dataclass
+class ProxyConfig:
+    """How the proxy policy is trained for scoring. `steps` = optim.total_steps."""
+
+    optim: OptimConfig = field(default_factory=smooth_optim)
+    batch_size: int = 256
+
+    @property
+    def steps(self) -> int:
+        return self.optim.total_steps
+
+    def with_steps(self, steps: int) -> ProxyConfig:
+        return replace(self, optim=replace(self.optim, total_steps=steps))
+
+
+StepFn = Callable[[Params, OptState, Tensor], tuple[Params, OptState]]
+
+
+def batch_rows(seed: int, step: int, pool_rows: int | np.ndarray, batch_size: int) -> Tensor:
+    """(B,) pool rows of `step`'s batch: uniform positions of `batch_indices(seed, step, ...)`.
+
+    pool_rows: the pool size (train on every row) or (n,) the rows of a subset to train on.
+    """
+    if isinstance(pool_rows, (int, np.integer)):
+        return torch.from_numpy(batch_indices(seed, step, int(pool_rows), batch_size))
+    return torch.from_numpy(pool_rows[batch_indices(seed, step, len(pool_rows), batch_size)])
+
+
+def step_fn(
+    policy: Policy, pool: TrainPool, cfg: ProxyConfig, rows: Tensor, step: int, composable: bool = True
+) -> StepFn:
+    """theta_{t+1}, state_{t+1} = f_t(theta_t, state_t, w_batch): one co-training step on rows `rows`.
+
+    composable=True (torch.func.grad inside) is needed under vjp/vmap; False is the training loop's path.
+    """
+    batch = take(pool.data, rows)
+
+    def f(params: Params, state: OptState, weights: Tensor) -> tuple[Params, OptState]:
+        new_params, new_state, _ = train_step(
+            policy, params, state, batch, weights, step, cfg.optim, composable
+        )
+        return new_params, new_state
+
+    return f
+
+
+def initial_state(policy: Policy, seed: int) -> tuple[Params, OptState]:
+    """(theta_0, zero Adam moments): initialization is part of the run's seed."""
+    params = init_params(policy, seed)
+    return params, init_opt_state(params)
+
+
+def run_steps(
+    policy: Policy,
+    pool: TrainPool,
+    cfg: ProxyConfig,
+    seed: int,
+    params: Params,
+    state: OptState,
+    start: int,
+    stop: int,
+    pool_rows: np.ndarray | None = None,
+) -> tuple[Params, OptState]:
+    """Plain (non-differentiated) steps [start, stop) with all data weights 1, on all rows or `pool_rows`."""
+    ones = torch.ones(cfg.batch_size, dtype=next(iter(params.values())).dtype)
+    for t in range(start, stop):
+        rows = batch_rows(seed, t, pool.size if pool_rows is None else pool_rows, cfg.batch_size)
+        params, state = step_fn(policy, pool, cfg, rows, t, composable=False)(params, state, ones)
+    return params, state
+
+
+def train_proxy(policy: Policy, pool: TrainPool, cfg: ProxyConfig, seed: int) -> Params:
+    """One full proxy training run on the whole pool: the unit every estimator's cost is measured in."""
+    params, state = initial_state(policy, seed)
+    return run_steps(policy, pool, cfg, seed, params, state, 0, cfg.steps)[0]
+
+
+def _stack(tree: dict, m: int) -> dict:
+    return {
+        k: (_stack(v, m) if isinstance(v, dict) else v.unsqueeze(0).expand(m, *v.shape).clone())
+        for k, v in tree.items()
+    }
+
+
+@torch.no_grad()
+def train_ensemble(
+    policy: Policy,
+    pool: TrainPool,
+    subsets: Sequence[np.ndarray],
+    cfg: ProxyConfig,
+    seed: int,
+    weights: Tensor | None = None,
+) -> Params:
+    """M proxies trained together, model m only on pool rows `subsets[m]`, vmapped over the training step.
+
+    All models share theta_0 and the seed, so they differ only in their data. weights: optional (M, N_pool)
+    per-row data weights (w = 0 removes a row from model m's batches without changing their order).
+    Returns stacked params {name: (M, ...)}.
+    """
+    m = len(subsets)
+    params, state = initial_state(policy, seed)
+    params, state = _stack(params, m), _stack(state, m)
+    dtype = next(iter(params.values())).dtype
+    ones = torch.ones(m, cfg.batch_size, dtype=dtype)
+    for t in range(cfg.steps):
+        rows = torch.stack([batch_rows(seed, t, s, cfg.batch_size) for s in subsets])
+        batch = take(pool.data, rows)
+        w = ones if weights is None else torch.gather(weights.to(dtype), 1, rows)
+
+        def f(p: Params, s: OptState, b: dict, w: Tensor, t: int = t) -> tuple[Params, OptState]:
+            new_p, new_s, _ = train_step(policy, p, s, b, w, t, cfg.optim, composable=True)
+            return new_p, new_s
+
+        params, state = torch.func.vmap(f)(params, state, batch, w)
+    return params
+
+
+@torch.no_grad()
+def ensemble_surrogates(surrogate: Surrogate, stacked: Params) -> np.ndarray:
+    """(M,) surrogate value of each stacked model."""
+    return torch.func.vmap(surrogate)(stacked).double().numpy()
+
+
+def ensemble_surrogates_on_subsets(
+    policy: Policy,
+    pool: TrainPool,
+    surrogate: Surrogate,
+    subsets: Sequence[np.ndarray],
+    cfg: ProxyConfig,
+    seed: int,
+    chunk: int = 25,
+    weights: Tensor | None = None,
+) -> np.ndarray:
+    """(M,) true surrogate of a proxy trained on each pool-row subset, in vmapped chunks of `chunk` models."""
+    values = []
+    for lo in range(0, len(subsets), chunk):
+        w = None if weights is None else weights[lo : lo + chunk]
+        stacked = train_ensemble(policy, pool, subsets[lo : lo + chunk], cfg, seed, w)
+        values.append(ensemble_surrogates(surrogate, stacked))
+    return np.concatenate(values)

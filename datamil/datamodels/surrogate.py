@@ -1,0 +1,129 @@
+"""The surrogate target and the training pool every estimator differentiates.
+
+DataMIL's surrogate (Dass et al. 2025, Sec. 4.1) replaces the expensive policy success rate by the proxy
+policy's action loss on held-out target demos:
+
+    S(theta) = 1/|V| * sum_{v in V} loss(theta; v)                                         (surrogate)
+
+V is the target-validation set; it is never trained on. The proxy is trained on the *pool*: the prior
+(train) samples, optionally followed by target-train samples. Only the first `n_scored` pool entries (the
+prior samples) receive scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from datamil.data.store import TrajectoryStore
+from datamil.errors import DatamilError
+from datamil.policies.base import INDEX, Batch, Params, Policy
+
+
+def check_policy(policy: object) -> None:
+    """Estimators need an unreduced per-sample loss; fail on one line otherwise."""
+    if not callable(getattr(policy, "per_sample_loss", None)) or not callable(
+        getattr(policy, "params", None)
+    ):
+        raise DatamilError(
+            f"{type(policy).__name__} has no per_sample_loss(params, batch) / params(); "
+            "datamodel estimators need a datamil.policies.Policy"
+        )
+
+
+def param_dtype(policy: Policy) -> torch.dtype:
+    """The floating dtype of the policy's parameters (float64 in exactness tests)."""
+    return next(iter(policy.params().values())).dtype
+
+
+def to_torch(batch: dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> Batch:
+    """Numpy store batch -> tensors; floating arrays are cast to `dtype`, integer/bool arrays kept."""
+    out: Batch = {}
+    for key, value in batch.items():
+        tensor = torch.as_tensor(np.asarray(value))
+        out[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return out
+
+
+def take(batch: Batch, idx: Tensor) -> Batch:
+    """Rows `idx` of every tensor in `batch`; idx may be (B,) or (M, B) for an ensemble."""
+    return {key: value[idx] for key, value in batch.items()}
+
+
+@dataclass
+class TrainPool:
+    """All samples the proxy trains on, as tensors in memory.
+
+    data: key -> (N_pool, ...) with "index" = global ids (prior step id, or n_prior + target step id);
+    n_scored: the first n_scored rows are the prior samples that get scores (= train_store.n_steps);
+    episode: (N_pool,) episode index of each row (target-train episodes numbered after the prior's).
+    """
+
+    data: Batch
+    n_scored: int
+    episode: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.episode)
+
+    def rows_of_episodes(self, episodes: np.ndarray) -> np.ndarray:
+        """(n,) pool rows of all samples of the given episodes."""
+        return np.flatnonzero(np.isin(self.episode, episodes))
+
+
+def _store_arrays(store: TrajectoryStore, policy: Policy) -> dict[str, np.ndarray]:
+    """Every step of `store` with the arrays a batch of `policy` needs (its batch_keys + extras)."""
+    ids = np.arange(store.n_steps)
+    keys = getattr(policy, "batch_keys", None)
+    arrays = store.batch(ids, keys=list(keys) if keys is not None else None)
+    extra = getattr(policy, "extra_batch_arrays", None)
+    if callable(extra):
+        arrays.update(extra(store, ids))
+    return arrays
+
+
+def build_pool(
+    policy: Policy, train_store: TrajectoryStore, target_train_store: TrajectoryStore | None = None
+) -> TrainPool:
+    """The proxy's training pool: prior samples first (scored), then optional target-train samples."""
+    arrays = _store_arrays(train_store, policy)
+    episode = train_store.episode_of_step
+    if target_train_store is not None:
+        extra = _store_arrays(target_train_store, policy)
+        extra[INDEX] = extra[INDEX] + train_store.n_steps
+        missing = set(arrays) ^ set(extra)
+        if missing:
+            raise DatamilError(
+                f"target-train store has different keys than the prior ({sorted(missing)}); standardize them"
+            )
+        arrays = {k: np.concatenate([arrays[k], extra[k]]) for k in arrays}
+        episode = np.concatenate([episode, target_train_store.episode_of_step + train_store.n_episodes])
+    return TrainPool(to_torch(arrays, param_dtype(policy)), train_store.n_steps, np.asarray(episode))
+
+
+@dataclass
+class Surrogate:
+    """S(theta): mean per-sample loss of the proxy over every target-validation sample (eq. surrogate)."""
+
+    policy: Policy
+    val: Batch
+
+    @classmethod
+    def from_store(cls, policy: Policy, target_val_store: TrajectoryStore | None) -> Surrogate:
+        if target_val_store is None or target_val_store.n_steps == 0:
+            raise DatamilError(
+                "the target-validation set is empty; hold out at least one target demo for the surrogate"
+            )
+        return cls(policy, to_torch(_store_arrays(target_val_store, policy), param_dtype(policy)))
+
+    def __call__(self, params: Params) -> Tensor:
+        """Scalar surrogate value; differentiable in params."""
+        return self.policy.per_sample_loss(params, self.val).mean()
+
+    def grad(self, params: Params) -> Params:
+        """dS/dtheta: the adjoint every reverse pass starts from."""
+        return torch.func.grad(self.__call__)(params)

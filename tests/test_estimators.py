@@ -1,0 +1,235 @@
+"""Datamodel estimators: toys with known answers (finite differences, planted effects), determinism,
+checkpointing invariance, the registry contract and one-line error paths."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from datamil.data.schema import Episode, EpisodeMeta
+from datamil.data.store import TrajectoryStore
+from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
+from datamil.datamodels.base import check_scores, prepare
+from datamil.datamodels.lds import linear_datamodeling_score, predicted_surrogates
+from datamil.datamodels.metagrad import finite_difference, metagradient
+from datamil.datamodels.proxy import batch_rows, initial_state, step_fn
+from datamil.datamodels.regression import fit_datamodel
+from datamil.datamodels.truncated import truncated_scores
+from datamil.errors import DatamilError
+from datamil.policies.base import ACTION, OBS_STATE_KEY, Policy
+from datamil.training import adamw_step, weighted_loss
+
+
+class LinearPolicy(Policy):
+    """Least squares: action = W s + b, float64."""
+
+    def __init__(self, obs_dim: int = 3, action_dim: int = 2) -> None:
+        super().__init__()
+        self.lin = nn.Linear(obs_dim, action_dim).double()
+
+    def predict(self, obs):
+        return self.lin(obs[OBS_STATE_KEY])
+
+    def loss_fn(self, batch):
+        return ((self.predict(batch) - batch[ACTION]) ** 2).mean(-1)
+
+
+class TinyGelu(LinearPolicy):
+    """A 3 -> 8 -> 2 GELU MLP in float64."""
+
+    def __init__(self, obs_dim: int = 3, action_dim: int = 2) -> None:
+        Policy.__init__(self)
+        self.lin = nn.Sequential(nn.Linear(obs_dim, 8), nn.GELU(), nn.Linear(8, action_dim)).double()
+
+
+def make_store(n_episodes: int, length: int, seed: int, prefix: str, dims: tuple[int, int] = (3, 2)) -> TrajectoryStore:
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for i in range(n_episodes):
+        s = rng.normal(size=(length, dims[0]))
+        a = np.tanh(s[:, : dims[1]] * (1 + i % 3) + 0.3 * rng.normal(size=(length, dims[1])))
+        episodes.append(Episode({"state": s}, a, EpisodeMeta(f"{prefix}/{i}", prefix, "t", True)))
+    return TrajectoryStore.from_episodes(episodes)
+
+
+@pytest.fixture(scope="module")
+def stores():
+    return make_store(4, 5, 0, "prior"), make_store(2, 4, 1, "val"), make_store(1, 4, 2, "tt")
+
+
+def proxy(steps: int = 12, batch: int = 8, **optim) -> ProxyConfig:
+    return ProxyConfig(replace(smooth_optim(), total_steps=steps, lr=3e-2, **optim), batch_size=batch)
+
+
+def test_linear_full_batch_gd_metagradient_matches_finite_differences(stores):
+    """Least squares, batches as large as the pool, Adam eps 1e3 so each step is (scaled) gradient descent."""
+    train, val, _ = stores
+    policy = LinearPolicy()
+    cfg = ProxyConfig(replace(smooth_optim(), total_steps=10, lr=0.1, eps=1e3, weight_decay=0.01), batch_size=20)
+    pool, surrogate = prepare(policy, train, val)
+    scores = metagradient(policy, pool, surrogate, cfg, seed=0).scores
+    for row in (0, 7, 19):
+        fd = finite_difference(policy, pool, surrogate, cfg, 0, row, eps=1e-6)
+        assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-12)
+
+
+@pytest.mark.parametrize("checkpoint_every", [500, 5])
+def test_gelu_mlp_metagradient_matches_finite_differences(stores, checkpoint_every):
+    train, val, _ = stores
+    policy = TinyGelu()
+    cfg = proxy(weight_decay=0.1)
+    pool, surrogate = prepare(policy, train, val)
+    scores = metagradient(policy, pool, surrogate, cfg, 0, checkpoint_every).scores
+    for row in (0, 5, 13):
+        fd = finite_difference(policy, pool, surrogate, cfg, 0, row, eps=1e-6)
+        assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
+
+
+def test_segment_length_does_not_change_metagradients(stores):
+    train, val, _ = stores
+    policy = TinyGelu()
+    pool, surrogate = prepare(policy, train, val)
+    results = [metagradient(policy, pool, surrogate, proxy(), 0, k).scores for k in (500, 1, 4, 5)]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=1e-9, atol=1e-14)
+
+
+def test_include_target_train_scores_only_prior(stores):
+    train, val, target_train = stores
+    policy = TinyGelu()
+    result = ESTIMATORS.get("metagrad")(
+        policy, train, val, 0, proxy=proxy(), include_target_train=True, target_train_store=target_train
+    )
+    assert result.scores.shape == (train.n_steps,)
+    pool, _ = prepare(policy, train, val, target_train, include_target_train=True)
+    assert pool.size == train.n_steps + target_train.n_steps and pool.n_scored == train.n_steps
+
+
+def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6):
+    """Surrogate change when sample `row` is added with weight +-eps at step t_star only."""
+    values = []
+    for sign in (1.0, -1.0):
+        params, state = initial_state(policy, seed)
+        for t in range(cfg.steps):
+            rows = batch_rows(seed, t, pool.size, cfg.batch_size)
+            if t != t_star:
+                params, state = step_fn(policy, pool, cfg, rows, t, False)(params, state, torch.ones(cfg.batch_size))
+                continue
+            batch = {k: v[rows] for k, v in pool.data.items()}
+            extra = {k: v[[row]] for k, v in pool.data.items()}
+
+            def loss(p, batch=batch, extra=extra, sign=sign):
+                base = weighted_loss(policy, p, batch, torch.ones(cfg.batch_size, dtype=torch.float64))
+                return base + sign * eps * policy.per_sample_loss(p, extra)[0] / cfg.batch_size
+
+            params, state = adamw_step(params, torch.func.grad(loss)(params), state, t, cfg.optim)
+        values.append(float(surrogate(params)))
+    return (values[0] - values[1]) / (2 * eps)
+
+
+def test_truncated_matches_finite_differences_of_the_injection(stores):
+    train, val, _ = stores
+    policy = TinyGelu()
+    cfg = proxy()
+    pool, surrogate = prepare(policy, train, val)
+    window = 4
+    scores = truncated_scores(policy, pool, surrogate, cfg, 0, window, np.arange(pool.size), chunk_size=7).numpy()
+    for row in (0, 9, 17):
+        fd = _fd_injection(policy, pool, surrogate, cfg, 0, cfg.steps - window, row)
+        assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
+
+
+def test_regression_recovers_planted_additive_effects():
+    rng = np.random.default_rng(0)
+    tau = rng.normal(size=30)
+    masks = rng.random((400, 30)) < 0.5
+    values = 2.0 + masks @ tau + rng.normal(0, 0.01, 400)
+    fit, intercept = fit_datamodel(masks, values, "ridge")
+    np.testing.assert_allclose(fit, tau, atol=0.02)
+    assert intercept == pytest.approx(2.0, abs=0.05)
+    lasso, _ = fit_datamodel(masks, values, "lasso")
+    assert np.corrcoef(lasso, tau)[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("name", ["metagrad", "truncated", "regression", "influence"])
+def test_every_estimator_is_deterministic_and_finite(stores, name):
+    train, val, _ = stores
+    kwargs = {"n_models": 8, "chunk": 4} if name == "regression" else {}
+    runs = [ESTIMATORS.get(name)(TinyGelu(), train, val, 3, proxy=proxy(), **kwargs).scores for _ in range(2)]
+    assert runs[0].shape == (train.n_steps,) and np.all(np.isfinite(runs[0]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = ESTIMATORS.get(name)(TinyGelu(), train, val, 4, proxy=proxy(), **kwargs).scores
+    assert not np.array_equal(other, runs[0])
+
+
+def test_influence_projection_approximates_exact_inner_products(stores):
+    train, val, _ = stores
+    run = ESTIMATORS.get("influence")
+    exact = run(TinyGelu(), train, val, 0, proxy=proxy()).scores
+    projected = run(TinyGelu(), train, val, 0, proxy=proxy(), projection_dim=2048).scores
+    assert np.corrcoef(exact, projected)[0, 1] > 0.9
+
+
+def planted_store(n: int, length: int, seed: int, prefix: str, flip_every: int = 0) -> TrajectoryStore:
+    """Episodes whose actions have the target's sign, except every `flip_every`-th (harmful) one."""
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for i in range(n):
+        s = rng.normal(size=(length, 3))
+        sign = -1.0 if flip_every and i % flip_every == 0 else 1.0
+        a = sign * (1 + 0.2 * (i % 5)) * np.tanh(s[:, :2]) * 0.5
+        episodes.append(Episode({"state": s}, a, EpisodeMeta(f"{prefix}/{i}", prefix, "t", True)))
+    return TrajectoryStore.from_episodes(episodes)
+
+
+@pytest.mark.parametrize("mode", ["reweight", "resample"])
+def test_lds_is_high_for_exact_metagradients_on_a_planted_toy(mode):
+    train, val = planted_store(16, 4, 5, "prior", flip_every=3), planted_store(3, 4, 6, "val")
+    policy, cfg = TinyGelu(), ProxyConfig(replace(smooth_optim(), total_steps=10, lr=1e-2), batch_size=16)
+    scores = {"metagrad": ESTIMATORS.get("metagrad")(policy, train, val, 0, proxy=cfg).scores}
+    scores["noise"] = np.random.default_rng(0).normal(size=train.n_steps)
+    rows, masks, true = linear_datamodeling_score(policy, train, val, scores, cfg, 0, n_models=20, mode=mode, n_boot=50)
+    by_name = {r.name: r for r in rows}
+    assert by_name["metagrad"].lds > 0.9 and by_name["metagrad"].low <= by_name["metagrad"].lds
+    assert abs(by_name["noise"].lds) < by_name["metagrad"].lds - 0.4
+    assert predicted_surrogates(scores["metagrad"], train, masks).shape == true.shape == (20,)
+    harmful = np.asarray([i % 3 == 0 for i in range(16)])[train.episode_of_step]
+    assert scores["metagrad"][harmful].mean() > 0 > scores["metagrad"][~harmful].mean()
+
+
+class NotAPolicy:
+    pass
+
+
+def test_error_paths_are_one_line_datamil_errors(stores):
+    train, val, _ = stores
+    run = ESTIMATORS.get("metagrad")
+    with pytest.raises(DatamilError, match="per_sample_loss"):
+        run(NotAPolicy(), train, val)
+    with pytest.raises(DatamilError, match="target-validation set is empty"):
+        run(TinyGelu(), train, None)
+    with pytest.raises(DatamilError, match="NaN"):
+        check_scores(np.array([0.0, np.nan]), 2, "metagrad")
+    with pytest.raises(DatamilError, match="include_target_train"):
+        run(TinyGelu(), train, val, include_target_train=True)
+    with pytest.raises(DatamilError, match="unknown estimator"):
+        ESTIMATORS.get("nope")
+    for err in (DatamilError("x"),):
+        assert "\n" not in str(err)
+
+
+@pytest.mark.parametrize("name", ["metagrad", "truncated", "regression", "influence"])
+def test_estimator_config_instantiates_to_the_registered_estimator(name):
+    import inspect
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "estimator" / f"{name}.yaml")
+    estimate = instantiate(cfg)
+    assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
+    assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)
+    assert estimate.keywords["proxy"].optim.grad_clip is None and estimate.keywords["proxy"].optim.eps >= 1e-3

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,23 +20,11 @@ from datamil.data.sources import TaskData
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_bytes
 from datamil.report import write_selection_report
-from datamil.selection import Selection, iterative_prune, per_trajectory, threshold, top_k, write_selection
+from datamil.selection import Selection, per_trajectory, write_selection
+from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
 
 # (policy, prior store, target-val store, rng_seed=..., target_train_store=...) -> (N_prior_steps,) scores
 EstimateFn = Callable[..., np.ndarray]
-
-
-@dataclass
-class SelectionConfig:
-    """How trajectory scores become a selection. Lower score = more helpful."""
-
-    method: str = "topk"  # topk | threshold | iterative
-    budget: float = 0.1  # topk / iterative: fraction of prior trajectories kept
-    cutoff: float = 0.0  # threshold: keep trajectories scoring below this
-    aggregate: str = "sum"  # per-sample -> per-trajectory: sum (datamodel-consistent) | mean
-    rounds: int = 3  # iterative: re-estimation rounds
-    drop_percentile: float = 80.0  # iterative: drop active trajectories at/above this percentile
-    readmit_percentile: float = 20.0  # iterative: re-admit dropped ones at/below this percentile
 
 
 def fingerprint(settings: dict) -> str:
@@ -87,27 +74,29 @@ def estimate_scores(
     return np.mean(runs, axis=0)
 
 
-def choose(
-    traj_scores: np.ndarray, cfg: SelectionConfig, rescore: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Selected episode indices under the configured strategy; an empty selection is an error."""
-    if cfg.method == "topk":
-        chosen = top_k(traj_scores, cfg.budget)
-    elif cfg.method == "threshold":
-        chosen = threshold(traj_scores, cfg.cutoff)
-    elif cfg.method == "iterative":
-        active, last = iterative_prune(
-            rescore, len(traj_scores), cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile
-        )
-        chosen = active[top_k(last[active], cfg.budget)] if len(active) else active
-    else:
-        raise DatamilError(f"unknown selection method {cfg.method!r}; use topk, threshold or iterative")
-    if len(chosen) == 0:
-        raise DatamilError(
-            f"the selection is empty (method {cfg.method}); raise the budget/cutoff, or co-train target-only "
-            "with `selection=null`"
-        )
-    return chosen
+def datamodel_scorer(
+    estimate: EstimateFn,
+    factory: PolicyFactory,
+    data: TaskData,
+    cfg: SelectionConfig,
+    seeds: list[int],
+    run_dir: Path,
+    settings: dict,
+) -> Callable[[np.ndarray | None], np.ndarray]:
+    """active prior episodes (None = all) -> (E,) trajectory scores of a proxy trained on them (NaN elsewhere)."""
+
+    def scores(active: np.ndarray | None) -> np.ndarray:
+        if active is None:
+            per_step = estimate_scores(estimate, factory, data, seeds, run_dir, settings)
+            return per_trajectory(per_step, data.prior, cfg.aggregate)
+        subset = TaskData(data.task, data.prior.subset(active), data.target_train, data.target_val)
+        round_dir = run_dir / "rounds" / fingerprint({"active": np.asarray(active).tolist()})
+        per_step = estimate_scores(estimate, factory, subset, seeds, round_dir, settings)
+        out = np.full(data.prior.n_episodes, np.nan)
+        out[active] = per_trajectory(per_step, subset.prior, cfg.aggregate)
+        return out
+
+    return scores
 
 
 def run_selection(
@@ -120,37 +109,32 @@ def run_selection(
     run_dir: Path,
     config: dict,
 ) -> Selection:
-    """Estimate → aggregate per trajectory → select → write selection.json, scores, plots and report.md."""
+    """Score → select (by `cfg.method`) → write selection.json, plots and report.md into run_dir.
+
+    Datamodel methods record the estimator's name as the selection's method; baselines their own.
+    """
     run_dir = Path(run_dir)
+    method = SELECTION_METHODS.get(cfg.method)
     settings = {"estimator": config.get("estimator"), "policy": config.get("policy"), "data": data.summary()}
-    prior = data.prior
-    scores = estimate_scores(estimate, factory, data, seeds, run_dir, settings)
-    traj = per_trajectory(scores, prior, cfg.aggregate)
-
-    def rescore(active: np.ndarray) -> np.ndarray:
-        if len(active) == prior.n_episodes:
-            return traj
-        subset = TaskData(data.task, prior.subset(active), data.target_train, data.target_val)
-        round_dir = run_dir / "rounds" / fingerprint({"active": active.tolist()})
-        sub_scores = estimate_scores(estimate, factory, subset, seeds, round_dir, settings)
-        out = np.full(prior.n_episodes, np.nan)
-        out[active] = per_trajectory(sub_scores, subset.prior, cfg.aggregate)
-        return out
-
-    chosen = choose(traj, cfg, rescore)
-    budget = cfg.budget if cfg.method != "threshold" else None
-    selection = Selection.from_arrays(
-        prior.episodes.episode_id, traj, chosen, estimator_name, budget, seeds[0], config
-    )
+    scorer = datamodel_scorer(estimate, factory, data, cfg, seeds, run_dir, settings)
+    traj, chosen = method(SelectionRequest(data, cfg, seeds[0], scorer))
+    if len(chosen) == 0 and cfg.method != "target_only":
+        raise DatamilError(
+            f"the selection is empty (method {cfg.method}); raise the budget or cutoff, or co-train "
+            "target-only with `selection=null`"
+        )
+    label = estimator_name if cfg.method in DATAMODEL_METHODS else cfg.method
+    budget = None if cfg.method == "threshold" else cfg.budget
+    ids = data.prior.episodes.episode_id
+    selection = Selection.from_arrays(ids, traj, chosen, label, budget, seeds[0], config)
     write_selection(run_dir / "selection.json", selection)
-    _write_report(run_dir, data, selection, traj, chosen, estimator_name, seeds)
+    _write_report(run_dir, data, traj, chosen, label, seeds)
     return selection
 
 
 def _write_report(
     run_dir: Path,
     data: TaskData,
-    selection: Selection,
     traj: np.ndarray,
     chosen: np.ndarray,
     estimator_name: str,
@@ -162,7 +146,7 @@ def _write_report(
     picked_success = [prior.episodes.success[i] for i in chosen]
     facts = {
         "task": data.task,
-        "estimator": estimator_name,
+        "method": estimator_name,
         "proxy seeds": seeds,
         "prior": f"{prior.n_episodes} trajectories, {prior.n_steps} steps",
         "target-train / target-val": f"{data.target_train.n_episodes} / {data.target_val.n_episodes} demos",

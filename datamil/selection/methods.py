@@ -1,0 +1,74 @@
+"""Selection methods by name (`selection.method=...`): scores → selected prior trajectories.
+
+Every method gets the same request (data, budget, seed, and a way to get datamodel scores) and
+returns per-trajectory scores (lower = preferred, shown in the report) plus the selected indices, so
+datamil and every baseline write the same selection file under the same budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datamil.registry import Registry
+from datamil.selection.strategies import iterative_prune, threshold, top_k
+
+
+@dataclass
+class SelectionConfig:
+    """How prior trajectories are chosen. Lower score = more helpful."""
+
+    method: str = "topk"  # a SELECTION_METHODS name: topk | threshold | iterative | baselines
+    budget: float = 0.1  # fraction of prior trajectories kept
+    cutoff: float = 0.0  # threshold: keep trajectories scoring below this
+    aggregate: str = "sum"  # per-sample -> per-trajectory: sum (datamodel-consistent) | mean
+    rounds: int = 3  # iterative: re-estimation rounds
+    drop_percentile: float = 80.0  # iterative: drop active trajectories at/above this percentile
+    readmit_percentile: float = 20.0  # iterative: re-admit dropped ones at/below this percentile
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
+
+
+@dataclass
+class SelectionRequest:
+    """What a method may use. `datamodel_scores(active)` gives (E,) trajectory scores of a proxy trained
+    on the `active` prior episodes (all of them when None), NaN outside `active`."""
+
+    data: Any  # datamil.data.sources.TaskData
+    cfg: SelectionConfig
+    seed: int
+    datamodel_scores: Callable[[np.ndarray | None], np.ndarray]
+
+
+MethodResult = tuple[np.ndarray, np.ndarray]  # (E,) trajectory scores, (k,) selected episode indices
+SELECTION_METHODS: Registry[Callable[[SelectionRequest], MethodResult]] = Registry("selection method")
+DATAMODEL_METHODS = frozenset({"topk", "threshold", "iterative"})  # the ones that run the estimator
+
+
+@SELECTION_METHODS.register("topk")
+def select_top_k(request: SelectionRequest) -> MethodResult:
+    scores = request.datamodel_scores(None)
+    return scores, top_k(scores, request.cfg.budget)
+
+
+@SELECTION_METHODS.register("threshold")
+def select_threshold(request: SelectionRequest) -> MethodResult:
+    scores = request.datamodel_scores(None)
+    return scores, threshold(scores, request.cfg.cutoff)
+
+
+@SELECTION_METHODS.register("iterative")
+def select_iterative(request: SelectionRequest) -> MethodResult:
+    """Prune harmful trajectories over rounds of re-estimation, then keep the budget's top-k survivors."""
+    cfg = request.cfg
+    n = request.data.prior.n_episodes
+    first = request.datamodel_scores(None)
+
+    def rescore(active: np.ndarray) -> np.ndarray:
+        return first if len(active) == n else request.datamodel_scores(active)
+
+    active, last = iterative_prune(rescore, n, cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile)
+    share_of_active = min(1.0, cfg.budget * n / len(active))  # the budget is a fraction of the whole prior
+    return last, active[top_k(last[active], share_of_active)]

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny but real data (MetaWorld scripted experts → RLDS through TFDS → store)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+TINY_TASK = "metaworld/reach"
+TINY_PRIOR_TASKS = ["metaworld/reach", "metaworld/push", "metaworld/button-press"]
+
+
+def tiny_source(cache_dir: str, **overrides):
+    from datamil.data.sources import MetaWorldSource
+
+    settings = dict(
+        prior_tasks=TINY_PRIOR_TASKS,
+        episodes_per_task=4,
+        max_steps=60,
+        n_target_demos=5,
+        n_target_val=2,
+        target_max_steps=150,
+        workers=1,
+        cache_dir=cache_dir,
+    )
+    return MetaWorldSource(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> str:
+    """A data cache shared by the whole session; generated once, on first use."""
+    return str(tmp_path_factory.mktemp("datamil_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_task_data(tiny_cache):
+    """(TaskData) 12 prior episodes over 3 tasks, 3 target-train and 2 target-val reach demos."""
+    return tiny_source(tiny_cache).load(TINY_TASK)
+
+
+@pytest.fixture
+def cli_env(tiny_cache) -> dict[str, str]:
+    """Environment for running the entry points as a user would, against the session's cache."""
+    return {**os.environ, "DATAMIL_CACHE": tiny_cache, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}

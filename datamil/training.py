@@ -113,7 +113,7 @@ def adamw_step(
         g = grads[k]
         # In-place ops only on fresh temporaries: fewer allocations, same autograd graph.
         m = torch.lerp(state["m"][k], g, 1.0 - b1)  # b1 m + (1 - b1) g
-        v = (state["v"][k] * b2).addcmul_(g, g, value=1.0 - b2)
+        v = state["v"][k] * b2 + (1.0 - b2) * (g * g)  # plain ops: vmap (ensembles) has rules for them
         denom = (v * (1.0 / c2)).add_(cfg.eps**2).sqrt_()
         kept = p * decay if cfg.weight_decay else p
         new_params[k] = torch.addcdiv(kept, m, denom, value=-lr / c1)

@@ -95,3 +95,9 @@ def test_more_envs_than_episodes_and_speed_probe() -> None:
     result = evaluate_policy(_zero_policy, "metaworld/reach", n_episodes=2, max_steps=5, n_envs=10)
     assert result.n_episodes == 2 and result.env_steps == 10 and result.settings["n_envs"] == 2
     assert measure_env_speed("metaworld/reach", steps=50) > 0
+
+
+def test_more_slots_finishing_than_episodes_left():
+    """Two slots truncate on the same step with one episode pending: only one may start it."""
+    result = evaluate_policy(lambda obs: np.zeros((len(obs["state"]), 4)), "metaworld/reach", 3, 0, 5, n_envs=2)
+    assert result.n_episodes == 3 and result.length.tolist() == [5, 5, 5]

@@ -1,6 +1,7 @@
 """`python -m datamil.lds`: the linear datamodeling score of each estimator on one dataset.
 
     python -m datamil.lds                                   # embedded synthetic multi-task data
+    python -m datamil.lds --task metaworld/pick-place-wall  # the embedded MetaWorld default (data=metaworld)
     python -m datamil.lds --prior STORE --target-val STORE  # saved trajectory stores
 
 Prints one table: estimator, LDS [95% bootstrap interval], wall time, wall time ÷ one proxy training run.
@@ -26,6 +27,9 @@ DEFAULT_KWARGS = {"regression": {"n_models": 64}, "truncated": {"window": 50}}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m datamil.lds", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--task", help="a MetaWorld target: use the embedded default data (configs/data/metaworld.yaml)"
+    )
     parser.add_argument("--prior", help="prior trajectory store directory (default: synthetic data)")
     parser.add_argument("--target-val", help="target-validation store directory")
     parser.add_argument("--estimators", nargs="+", default=["metagrad", "truncated", "influence"])
@@ -39,6 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_data(args: argparse.Namespace) -> tuple[TrajectoryStore, TrajectoryStore]:
+    if args.task is not None:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        from datamil.cli import CONFIG_DIR
+
+        data = instantiate(OmegaConf.load(f"{CONFIG_DIR}/data/metaworld.yaml")).load(args.task)
+        return data.prior, data.target_val
     if args.prior is None:
         prior, _, target_val = synthetic_multitask(seed=args.seed)
         return prior, target_val

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sim_tasks.render import CameraConfig, EnvFrames
 from sim_tasks.suites import make_env
 
-Step = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # obs (S, D), reward, success, truncated (S,)
+# obs (S, D) -- or, with cameras, {"state": (S, D), "image_*": (S, H, W, 3)} -- reward, success, truncated (S,)
+Step = tuple[Any, np.ndarray, np.ndarray, np.ndarray]
 
 
 class EnvPool(Protocol):
@@ -30,15 +32,25 @@ class EnvPool(Protocol):
 
 
 class LocalEnvs:
-    """n env slots in this process."""
+    """n env slots in this process; with cameras, observations also carry each slot's rendered frames."""
 
-    def __init__(self, task: str, seed: int, stream: int, max_steps: int, n: int) -> None:
+    def __init__(
+        self, task: str, seed: int, stream: int, max_steps: int, n: int, cameras: CameraConfig | None = None
+    ) -> None:
         self.seed = seed
         self.envs = [make_env(task, seed, stream, max_steps) for _ in range(n)]
+        self.frames = [EnvFrames(env, cameras) for env in self.envs] if cameras is not None else None
 
-    def reset(self, slots: list[int], episodes: list[int]) -> np.ndarray:
+    def _obs(self, slots: list[int], states: list[np.ndarray]) -> Any:
+        """(S, D) states, or {"state": (S, D), key: (S, H, W, 3)} when rendering."""
+        if self.frames is None:
+            return np.stack(states)
+        frames = [self.frames[s].frames() for s in slots]
+        return {"state": np.stack(states), **{k: np.stack([f[k] for f in frames]) for k in frames[0]}}
+
+    def reset(self, slots: list[int], episodes: list[int]) -> Any:
         pairs = zip(slots, episodes, strict=True)
-        return np.stack([self.envs[s].reset(seed=self.seed, options={"episode": e})[0] for s, e in pairs])
+        return self._obs(slots, [self.envs[s].reset(seed=self.seed, options={"episode": e})[0] for s, e in pairs])
 
     def step(self, slots: list[int], actions: np.ndarray) -> Step:
         obs, reward, success, truncated = [], [], [], []
@@ -48,9 +60,11 @@ class LocalEnvs:
             reward.append(r)
             success.append(bool(info["success"]))
             truncated.append(trunc)
-        return np.stack(obs), np.asarray(reward, float), np.asarray(success), np.asarray(truncated)
+        return self._obs(slots, obs), np.asarray(reward, float), np.asarray(success), np.asarray(truncated)
 
     def close(self) -> None:
+        for frames in self.frames or []:
+            frames.close()
         for env in self.envs:
             env.close()
 
@@ -81,7 +95,16 @@ def _checked(message: Any) -> Any:
 class WorkerEnvs:
     """n env slots sharded over `workers` processes; slot s is local slot s // workers of worker s % workers."""
 
-    def __init__(self, task: str, seed: int, stream: int, max_steps: int, n: int, workers: int) -> None:
+    def __init__(
+        self,
+        task: str,
+        seed: int,
+        stream: int,
+        max_steps: int,
+        n: int,
+        workers: int,
+        cameras: CameraConfig | None = None,
+    ) -> None:
         ctx = get_context("spawn")
         self.workers = workers
         self.conns: list[Connection] = []
@@ -90,7 +113,7 @@ class WorkerEnvs:
             parent, child = ctx.Pipe()
             shard = len(range(w, n, workers))
             proc = ctx.Process(
-                target=_serve, args=(child, (task, seed, stream, max_steps, shard)), daemon=True
+                target=_serve, args=(child, (task, seed, stream, max_steps, shard, cameras)), daemon=True
             )
             proc.start()
             child.close()
@@ -108,20 +131,14 @@ class WorkerEnvs:
             self.conns[w].send((cmd, local, [arg[i] for i in parts[w]]))
         return [(parts[w], _checked(self.conns[w].recv())) for w in busy]
 
-    def reset(self, slots: list[int], episodes: list[int]) -> np.ndarray:
+    def reset(self, slots: list[int], episodes: list[int]) -> Any:
         answers = self._call("reset", slots, episodes)
-        out = np.empty((len(slots), answers[0][1].shape[1]))
-        for positions, obs in answers:
-            out[positions] = obs
-        return out
+        return _gather(len(slots), [(positions, obs) for positions, obs in answers])
 
     def step(self, slots: list[int], actions: np.ndarray) -> Step:
         answers = self._call("step", slots, actions)
-        out = [np.empty((len(slots), *a.shape[1:]), a.dtype) for a in answers[0][1]]
-        for positions, arrays in answers:
-            for target, value in zip(out, arrays, strict=True):
-                target[positions] = value
-        return tuple(out)  # type: ignore[return-value]
+        parts = len(answers[0][1])
+        return tuple(_gather(len(slots), [(p, a[i]) for p, a in answers]) for i in range(parts))  # type: ignore[return-value]
 
     def close(self) -> None:
         for conn in self.conns:
@@ -135,8 +152,28 @@ class WorkerEnvs:
                 proc.terminate()
 
 
-def make_pool(task: str, seed: int, stream: int, max_steps: int, n: int, workers: int) -> EnvPool:
-    """LocalEnvs for workers <= 1, else WorkerEnvs over min(workers, n) processes."""
+def _gather(n: int, answers: list[tuple[list[int], Any]]) -> Any:
+    """Per-worker arrays (or dicts of arrays) at slot positions -> one (n, ...) array (or dict)."""
+    first = answers[0][1]
+    if isinstance(first, dict):
+        return {k: _gather(n, [(p, value[k]) for p, value in answers]) for k in first}
+    first = np.asarray(first)
+    out = np.empty((n, *first.shape[1:]), first.dtype)
+    for positions, value in answers:
+        out[positions] = value
+    return out
+
+
+def make_pool(
+    task: str, seed: int, stream: int, max_steps: int, n: int, workers: int, cameras: CameraConfig | None = None
+) -> EnvPool:
+    """LocalEnvs for workers <= 1, else WorkerEnvs over min(workers, n) processes.
+
+    With cameras the envs always live in worker processes (at least one): Mesa's EGL crashes a process
+    that also loads TensorFlow, and GL contexts then never outlive the pool.
+    """
+    if cameras is not None:
+        return WorkerEnvs(task, seed, stream, max_steps, n, max(1, min(workers, n)), cameras)
     if workers <= 1 or n <= 1:
         return LocalEnvs(task, seed, stream, max_steps, n)
     return WorkerEnvs(task, seed, stream, max_steps, n, min(workers, n))

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from datamil.data.schema import OBS_STATE, Episode, EpisodeMeta
 from datamil.errors import DatamilError
+from sim_tasks.render import CameraConfig, EnvFrames
 from sim_tasks.suites import STREAM_PRIOR, STREAM_TARGET, episode_rng, make_env, make_expert, split_task
 
 NOISE_PURPOSE = 1  # episode_rng purpose for everything random in an episode except its start state
@@ -39,6 +40,7 @@ class EpisodeSpec:
     truncate_prob: float  # chance that the episode is cut at 20-80% of its length
     max_steps: int
     post_success_steps: int  # steps kept after the first success
+    cameras: CameraConfig | None = None  # rendered image observations; None = state only
 
     @property
     def episode_id(self) -> str:
@@ -52,18 +54,35 @@ def instruction(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ one episode
-_ENVS: dict[tuple[str, int, int], tuple] = {}  # per process: (task, stream, max_steps) -> (env, expert)
+_ENVS: dict[tuple, tuple] = {}  # per process: (task, stream, max_steps, cameras) -> (env, expert, frames)
 _MAX_CACHED_ENVS = 8
 
 
 def _env_and_expert(spec: EpisodeSpec) -> tuple:
-    """Envs are slow to build (~0.2 s) and reset to any episode exactly, so each process keeps a few."""
-    key = (spec.task, spec.stream, spec.max_steps)
+    """Envs are slow to build (~0.2 s) and reset to any episode exactly, so each process keeps a few.
+
+    Returns (env, expert, EnvFrames or None); renderers are closed with their env.
+    """
+    key = (spec.task, spec.stream, spec.max_steps, spec.cameras)
     if key not in _ENVS:
         if len(_ENVS) >= _MAX_CACHED_ENVS:
-            _ENVS.pop(next(iter(_ENVS)))[0].close()
-        _ENVS[key] = (make_env(spec.task, spec.seed, spec.stream, spec.max_steps), make_expert(spec.task))
+            _close(_ENVS.pop(next(iter(_ENVS))))
+        env = make_env(spec.task, spec.seed, spec.stream, spec.max_steps)
+        frames = EnvFrames(env, spec.cameras) if spec.cameras is not None else None
+        _ENVS[key] = (env, make_expert(spec.task), frames)
     return _ENVS[key]
+
+
+def _close(entry: tuple) -> None:
+    if entry[2] is not None:
+        entry[2].close()
+    entry[0].close()
+
+
+def close_cached_envs() -> None:
+    """Close this process's cached envs and renderers (an open EGL context complains at exit)."""
+    while _ENVS:
+        _close(_ENVS.popitem()[1])
 
 
 def _burst_step(
@@ -79,15 +98,18 @@ def _burst_step(
 
 
 def _rollout(spec: EpisodeSpec) -> dict[str, np.ndarray]:
-    """Step the noisy expert; arrays over T steps: state (T, 39), action/expert (T, 4), reward, success."""
-    env, expert = _env_and_expert(spec)
+    """Step the noisy expert; arrays over T steps: state (T, 39), action/expert (T, 4), reward, success,
+    and one (T, H, W, 3) uint8 array per camera key (the frame of each step's state) when cameras are set."""
+    env, expert, camera = _env_and_expert(spec)
     rng = episode_rng(spec.task, spec.seed, spec.stream, spec.index, NOISE_PURPOSE)
     # Draw every per-episode choice up front and unconditionally, so that changing one probability
     # leaves the other draws (and hence the kept prefix of a cut episode) unchanged.
     perturbed = rng.random() < spec.perturb_prob
     cut_at, cut = rng.uniform(0.2, 0.8), rng.random() < spec.truncate_prob
     obs, _ = env.reset(seed=spec.seed, options={"episode": spec.index})
+    frames = camera.frames() if camera is not None else {}
     rows: dict[str, list] = {k: [] for k in ("state", "action", "expert", "reward", "success", "perturbed")}
+    images: dict[str, list] = {key: [] for key in (spec.cameras.keys if spec.cameras else [])}
     burst: tuple[int, np.ndarray | None] = (0, None)
     first_success = None
     for t in range(spec.max_steps):
@@ -99,12 +121,16 @@ def _rollout(spec: EpisodeSpec) -> dict[str, np.ndarray]:
         values = (obs, action, clean, reward, bool(info["success"]), burst[1] is not None)
         for key, value in zip(rows, values, strict=True):
             rows[key].append(value)
+        for key, frame in frames.items():
+            images[key].append(frame)
         obs = next_obs
+        frames = camera.frames() if camera is not None else {}
         if first_success is None and info["success"]:
             first_success = t
         if truncated or (first_success is not None and t >= first_success + spec.post_success_steps):
             break
     arrays = {k: np.asarray(v) for k, v in rows.items()}
+    arrays.update({key: np.stack(value) for key, value in images.items()})
     if cut:
         arrays = {k: v[: max(1, int(cut_at * len(v)))] for k, v in arrays.items()}
     arrays["cut"] = np.full(len(arrays["action"]), cut)
@@ -118,8 +144,10 @@ def run_episode(spec: EpisodeSpec) -> Episode:
     success = bool(arrays["success"].any())
     terminal = np.zeros(n, bool)
     terminal[-1] = success and bool(arrays["success"][-1])  # ended in a success state, not by a cut
+    observations = {OBS_STATE: arrays["state"].astype(np.float32)}
+    observations.update({key: arrays[key] for key in (spec.cameras.keys if spec.cameras else [])})
     return Episode(
-        observations={OBS_STATE: arrays["state"].astype(np.float32)},
+        observations=observations,
         actions=arrays["action"].astype(np.float32),
         meta=EpisodeMeta(spec.episode_id, spec.task.partition("/")[0], spec.task, success),
         rewards=arrays["reward"].astype(np.float32),
@@ -136,7 +164,10 @@ def run_episode(spec: EpisodeSpec) -> Episode:
 
 
 def _run_chunk(specs: Sequence[EpisodeSpec]) -> list[Episode]:
-    return [run_episode(spec) for spec in specs]
+    episodes = [run_episode(spec) for spec in specs]
+    if any(spec.cameras is not None for spec in specs):
+        close_cached_envs()  # no GL context outlives the chunk (workers exit without running __del__ cleanly)
+    return episodes
 
 
 # ------------------------------------------------------------------------------------------ many episodes
@@ -152,11 +183,15 @@ def _chunks(specs: Sequence[EpisodeSpec], size: int) -> list[list[EpisodeSpec]]:
 
 def run_specs(specs: Sequence[EpisodeSpec], workers: int = 2, progress: bool = True) -> list[Episode]:
     """Episodes for `specs`, in order. Chunks of one task's consecutive specs go to a process pool
-    started with "spawn" (call it under `if __name__ == "__main__":` in scripts); workers=1 runs here."""
+    started with "spawn" (call it under `if __name__ == "__main__":` in scripts); workers=1 runs here,
+    except with cameras: rendering always runs in worker processes, because Mesa's EGL and TensorFlow
+    (which writes the RLDS files) crash when they share a process (measured: a segfault either way round)."""
     bar = tqdm(total=len(specs), desc="episodes", unit="ep", disable=not progress)
     parts = _chunks(specs, max(1, math.ceil(len(specs) / (max(workers, 1) * 4))))
     results: list[list[Episode]] = []
-    if workers <= 1:
+    renders = any(spec.cameras is not None for spec in specs)
+    workers = max(workers, 1) if renders else workers
+    if workers <= 1 and not renders:
         for part in parts:
             results.append(_run_chunk(part))
             bar.update(len(part))
@@ -178,6 +213,7 @@ def plan_episodes(
     truncate_prob: float = 0.1,
     perturb_prob: float = 0.25,
     post_success_steps: int = 5,
+    cameras: CameraConfig | None = None,
 ) -> list[EpisodeSpec]:
     """Task-major specs; episode i of a task gets noise level noise_levels[i % len(noise_levels)]."""
     for task in tasks:
@@ -193,6 +229,7 @@ def plan_episodes(
             truncate_prob=truncate_prob,
             max_steps=max_steps,
             post_success_steps=post_success_steps,
+            cameras=cameras,
         )
         for task in tasks
         for i in range(episodes_per_task)
@@ -210,12 +247,14 @@ def generate_episodes(
     post_success_steps: int = 5,
     workers: int = 2,
     progress: bool = True,
+    cameras: CameraConfig | None = None,
 ) -> list[Episode]:
     """Prior data: noisy, perturbed and truncated scripted-expert episodes, successes and failures.
 
     Returns len(tasks) * episodes_per_task episodes, task-major; ids "<task>/s<seed>/<i>".
     meta.success says whether the kept steps reach the task's success. extras, all (T,) or (T, 4):
     "success", the clean "expert_action", "noise_level", "perturbed" (a random burst acted) and "cut".
+    cameras: also render these cameras into image observations (T, H, W, 3) uint8 (default: none).
     """
     specs = plan_episodes(
         tasks,
@@ -226,6 +265,7 @@ def generate_episodes(
         truncate_prob,
         perturb_prob,
         post_success_steps,
+        cameras,
     )
     return run_specs(specs, workers, progress)
 
@@ -239,6 +279,7 @@ def generate_target_demos(
     max_attempts: int | None = None,
     workers: int = 1,
     progress: bool = False,
+    cameras: CameraConfig | None = None,
 ) -> list[Episode]:
     """`n_demos` successful low-noise expert demos of `task`, from their own stream of start states.
 
@@ -246,7 +287,7 @@ def generate_target_demos(
     does not depend on batching; at most `max_attempts` (default 2 * n_demos + 10) are tried.
     """
     cap = max_attempts if max_attempts is not None else 2 * n_demos + 10
-    base = EpisodeSpec(task, seed, 0, STREAM_TARGET, noise, 0.0, 0.0, max_steps, 0)
+    base = EpisodeSpec(task, seed, 0, STREAM_TARGET, noise, 0.0, 0.0, max_steps, 0, cameras)
     split_task(task)
     kept: list[Episode] = []
     tried = 0

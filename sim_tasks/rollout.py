@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from datamil.data.schema import OBS_STATE
 from datamil.errors import DatamilError
 from sim_tasks.envpool import EnvPool, make_pool
+from sim_tasks.render import CameraConfig
 from sim_tasks.suites import STREAM_EVAL, make_env, make_expert
 
 ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {"state": (B, D)} -> (B, A) or (B, H, A)
@@ -106,6 +107,7 @@ class _Lockstep:
         self.episode = np.full(n_slots, -1)
         self.queues: list[deque] = [deque() for _ in range(n_slots)]
         self.obs: np.ndarray | None = None  # (S, D_state)
+        self.images: dict[str, np.ndarray] = {}  # key -> (S, H, W, 3) uint8 when the pool renders
         self.success = np.zeros(n_episodes, bool)
         self.length = np.zeros(n_episodes, np.int64)
         self.returns = np.zeros(n_episodes)
@@ -115,25 +117,34 @@ class _Lockstep:
 
     def _start(self, slots: list[int]) -> None:
         """Give each slot the next pending episode; slots left without one retire."""
-        starting = [s for s in slots if self.pending]
+        starting = slots[: len(self.pending)]  # as many slots as there are episodes left
         episodes = [self.pending.popleft() for _ in starting]
         self.active = sorted((set(self.active) - set(slots)) | set(starting))
         if not starting:
             return
-        first = self.pool.reset(starting, episodes)
-        if self.obs is None:
-            self.obs = np.zeros((len(self.episode), first.shape[1]))
-        self.obs[starting] = first
+        self._store(starting, self.pool.reset(starting, episodes))
         self.episode[starting] = episodes
         for s in starting:
             self.queues[s].clear()
+
+    def _store(self, slots: list[int], obs: np.ndarray | dict[str, np.ndarray]) -> None:
+        """Keep the slots' new observations: (S, D) states, or a dict with "state" and image keys."""
+        images = obs if isinstance(obs, dict) else {}
+        state = images.pop(OBS_STATE) if images else obs
+        if self.obs is None:
+            self.obs = np.zeros((len(self.episode), state.shape[1]))
+            self.images = {k: np.zeros((len(self.episode), *v.shape[1:]), v.dtype) for k, v in images.items()}
+        self.obs[slots] = state
+        for key, value in images.items():
+            self.images[key][slots] = value
 
     def plan(self, act_fn: ActFn) -> None:
         """Query the policy, batched, for every active slot whose action queue ran dry."""
         need = [s for s in self.active if not self.queues[s]]
         if not need:
             return
-        actions = np.asarray(act_fn({OBS_STATE: self.obs[need].astype(np.float32)}))
+        obs = {OBS_STATE: self.obs[need].astype(np.float32), **{k: v[need] for k, v in self.images.items()}}
+        actions = np.asarray(act_fn(obs))
         if actions.ndim == 2:
             actions = actions[:, None]
         if actions.ndim != 3 or len(actions) != len(need):
@@ -150,7 +161,7 @@ class _Lockstep:
         actions = np.stack([self.queues[s].popleft() for s in slots])
         obs, reward, success, truncated = self.pool.step(slots, actions)
         self.env_steps += len(slots)
-        self.obs[slots] = obs
+        self._store(slots, obs)
         episodes = self.episode[slots]
         self.returns[episodes] += reward
         self.length[episodes] += 1
@@ -172,6 +183,7 @@ def evaluate_policy(
     execute_steps: int = 1,
     stream: int = STREAM_EVAL,
     progress: bool = False,
+    cameras: CameraConfig | None = None,
 ) -> EvalResult:
     """Success rate of `act_fn` on episodes 0..n_episodes-1 of (task, seed).
 
@@ -179,9 +191,13 @@ def evaluate_policy(
     `execute_steps` run before the slot asks again. It must be stateless across calls (B changes as
     episodes end). For a datamil Policy use `functools.partial(policy.act, params)`.
     An episode ends at its first success or after max_steps.
+    cameras: render these views into the observations ({"image_primary": (B, H, W, 3) uint8, ...}).
+    Default: what the policy behind act_fn asks for through a `camera_config()` method (image
+    policies; `functools.partial(policy.act, params)` exposes it), else nothing is rendered.
     """
     n_slots = max(1, min(n_envs, n_episodes))
-    pool = make_pool(task, seed, stream, max_steps, n_slots, workers)
+    cameras = cameras if cameras is not None else policy_cameras(act_fn)
+    pool = make_pool(task, seed, stream, max_steps, n_slots, workers, cameras)
     bar = tqdm(total=n_episodes, desc=f"eval {task}", unit="ep", disable=not progress)
     try:
         start = time.perf_counter()
@@ -196,7 +212,17 @@ def evaluate_policy(
     settings = dict(
         n_envs=n_slots, workers=workers, execute_steps=execute_steps, max_steps=max_steps, stream=stream
     )
+    if cameras is not None:
+        settings["cameras"] = cameras.to_dict()
     return EvalResult(task, seed, run.success, run.length, run.returns, run.env_steps, wall, settings)
+
+
+def policy_cameras(act_fn: ActFn) -> CameraConfig | None:
+    """The views the object behind act_fn (a bound method, or a partial of one) needs rendered, if any."""
+    func = getattr(act_fn, "func", act_fn)
+    owner = getattr(func, "__self__", None)
+    config = getattr(owner, "camera_config", None)
+    return CameraConfig.of(**config()) if callable(config) else None
 
 
 def expert_act_fn(task: str) -> ActFn:

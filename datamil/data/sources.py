@@ -55,7 +55,10 @@ def cache_key(config: dict) -> str:
 
 
 def cached_store(
-    directory: Path, config: dict, make_episodes: Callable[[], Iterable[Episode]]
+    directory: Path,
+    config: dict,
+    make_episodes: Callable[[], Iterable[Episode]],
+    image_encoding: str = "png",
 ) -> TrajectoryStore:
     """Load `directory/store`, or build it once: episodes → RLDS (`directory/rlds`) → store.
 
@@ -69,7 +72,9 @@ def cached_store(
         return TrajectoryStore.load(store_dir)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-    rlds_dir = write_rlds(make_episodes(), directory / "rlds", name="datamil_metaworld")
+    rlds_dir = write_rlds(
+        make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
+    )
     return ingest_rlds(rlds_dir, store_dir)
 
 
@@ -91,6 +96,21 @@ class MetaWorldSource:
     seed: int = 0
     workers: int = 2
     cache_dir: str | None = None
+    cameras: dict[str, str] = field(default_factory=dict)  # obs key -> camera, e.g. {image_primary: corner}
+    image_size: tuple[int, int] = (84, 84)  # (H, W) of rendered frames
+    render_fast: bool = True  # shadows, reflections and skybox off (~9x faster software rendering)
+    image_encoding: str = "png"  # how frames are stored in RLDS: png (lossless) or jpeg
+
+    def camera_config(self):  # -> sim_tasks.render.CameraConfig | None
+        """The rendering settings, or None when the data is state-only (no cameras)."""
+        from sim_tasks.render import CameraConfig
+
+        return CameraConfig.of(self.cameras, self.image_size, self.render_fast)
+
+    def _image_key(self) -> dict:
+        """Cache-key entries for the images; empty for state-only data, so its old caches stay valid."""
+        cameras = self.camera_config()
+        return {} if cameras is None else {"images": cameras.to_dict(), "image_encoding": self.image_encoding}
 
     def load(self, task: str) -> TaskData:
         from sim_tasks.suites import split_task
@@ -130,6 +150,7 @@ class MetaWorldSource:
             "seed": self.seed,
             "noise_levels": list(self.noise_levels),
             "max_steps": self.max_steps,
+            **self._image_key(),
         }
         return cached_store(
             root / "metaworld" / f"prior-{cache_key(config)}",
@@ -141,7 +162,9 @@ class MetaWorldSource:
                 noise_levels=self.noise_levels,
                 max_steps=self.max_steps,
                 workers=self.workers,
+                cameras=self.camera_config(),
             ),
+            self.image_encoding,
         )
 
     def _target(self, task: str, root: Path) -> TrajectoryStore:
@@ -154,6 +177,7 @@ class MetaWorldSource:
             "seed": self.seed,
             "noise": self.target_noise,
             "max_steps": self.target_max_steps,
+            **self._image_key(),
         }
         return cached_store(
             root / "metaworld" / f"target-{cache_key(config)}",
@@ -165,7 +189,9 @@ class MetaWorldSource:
                 noise=self.target_noise,
                 max_steps=self.target_max_steps,
                 workers=self.workers,
+                cameras=self.camera_config(),
             ),
+            self.image_encoding,
         )
 
 

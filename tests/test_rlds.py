@@ -223,3 +223,19 @@ def test_meta_round_trip_of_unknown_success(tmp_path):
     episode.meta = EpisodeMeta("x/1", "x", "", None)
     (read,) = _read(write_rlds([episode], tmp_path, "datamil_meta"))
     assert read.meta == EpisodeMeta("x/1", "x", "", None)
+
+
+def test_corrupt_shard_is_one_clear_line(tmp_path, episodes):
+    import shutil
+
+    path = write_rlds(episodes, tmp_path / "src", "datamil_toy")
+    broken = tmp_path / "broken" / "datamil_toy" / "1.0.0"
+    shutil.copytree(path, broken)
+    shard = max(broken.glob("*.tfrecord*"), key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # zero a run of bytes: the record's CRC no longer matches
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="unreadable data .*re-write or re-download") as info:
+        _read(broken)
+    assert "\n" not in str(info.value)

@@ -17,6 +17,7 @@ Reading streams one episode at a time and turns each episode's steps into numpy 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -210,10 +211,22 @@ def _skip_decoders(tfds: Any, paths: list[str]) -> dict:
 
 
 def _stream(tfds: Any, dataset: Any, reader: _EpisodeReader, total: int, progress: bool) -> Iterator[Episode]:
+    import tensorflow as tf
     from tqdm import tqdm
 
+    episodes = iter(tfds.as_numpy(dataset))
     with tqdm(total=total, desc=reader.name, unit="ep", disable=not progress) as bar:
-        for position, raw in enumerate(tfds.as_numpy(dataset)):
+        for position in itertools.count():
+            try:
+                raw = next(episodes)
+            except StopIteration:
+                return
+            except tf.errors.OpError as error:  # a corrupt shard or an undecodable frame
+                first = str(error.message).strip().splitlines()[0] if error.message else type(error).__name__
+                raise DataError(
+                    f"{reader.name}: unreadable data after episode #{position} ({first}); "
+                    "re-write or re-download the dataset"
+                ) from None
             yield reader.episode(raw, position)
             bar.update()
 

@@ -1,15 +1,19 @@
-"""Speed of datamil's functional training loop against a bare torch loop (training half).
+"""Speed of datamil's training loop and of its evaluation, each against the bare minimum.
 
-Bar: `datamil.training.train` reaches at least 80% of the steps/s of a plain `torch.optim.AdamW` loop on the
-same model, batch size and pre-loaded tensors. Both loops are warmed up, then timed in alternating rounds
-(the machine is shared, so the median over rounds is reported).
+Training bar: `datamil.training.train` reaches at least 80% of the steps/s of a plain `torch.optim.AdamW`
+loop on the same model, batch size and pre-loaded tensors.
+Evaluation bar: `sim_tasks.rollout.evaluate_policy` (a small MLP policy acting on 10 envs in lockstep)
+loses at most 25% of the env-steps/s of raw MetaWorld stepping with a constant action (one env, no policy).
+Everything is warmed up, then timed in alternating rounds; the machine is shared, so per-round ratios
+and medians over rounds are reported.
 
-    python benchmarks/train_eval_speed.py [--steps 300] [--rounds 5] [--threads 1] [--policies bc_mlp ...]
+    python benchmarks/train_eval_speed.py [--part all|train|eval] [--steps 150] [--rounds 9] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -20,6 +24,8 @@ from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.policies import POLICIES, Policy
 from datamil.training import BatchSource, OptimConfig, lr_at, train
+from sim_tasks.rollout import evaluate_policy, measure_env_speed
+from sim_tasks.suites import STREAM_EVAL, make_env
 
 OBS_DIM, ACTION_DIM, BATCH = 39, 4, 256  # MetaWorld-sized state and action
 
@@ -119,22 +125,105 @@ def print_training_table(results: dict[str, dict[str, float]]) -> bool:
     return ok
 
 
+def raw_lockstep_speed(task: str, n_envs: int, steps: int, max_steps: int) -> float:
+    """Env-steps/s of n_envs envs stepped in turn under a zero action, reset at max_steps like evaluation:
+    evaluate_policy's stepping pattern without the policy and the bookkeeping, to split the overhead."""
+    envs = [make_env(task, 0, STREAM_EVAL, max_steps) for _ in range(n_envs)]
+    for k, env in enumerate(envs):
+        env.reset(seed=0, options={"episode": k})
+    zero = np.zeros(envs[0].action_space.shape)
+    start = time.perf_counter()
+    for i in range(steps // n_envs):
+        for k, env in enumerate(envs):
+            if env.step(zero)[3]:
+                env.reset(seed=0, options={"episode": n_envs * i + k})
+    rate = n_envs * (steps // n_envs) / (time.perf_counter() - start)
+    for env in envs:
+        env.close()
+    return rate
+
+
+def measure_eval(task: str, episodes: int, max_steps: int, n_envs: int, rounds: int) -> dict[str, float]:
+    """Median env-steps/s of evaluate_policy, raw stepping and raw lockstep, and median per-round ratios.
+
+    The untrained MLP rarely succeeds, so episodes run to max_steps and every side steps the same count.
+    """
+    policy = POLICIES.get("bc_mlp")(OBS_DIM, ACTION_DIM)
+    act = functools.partial(policy.act, None)
+    steps = episodes * max_steps
+    runs = {
+        "eval": lambda: evaluate_policy(act, task, episodes, 0, max_steps, n_envs=n_envs).steps_per_s,
+        "raw": lambda: measure_env_speed(task, steps),
+        "lockstep": lambda: raw_lockstep_speed(task, n_envs, steps, max_steps),
+    }
+    for run in runs.values():
+        run()  # warm-up: imports, MuJoCo model compilation, torch kernels
+    rates: dict[str, list[float]] = {k: [] for k in runs}
+    keys = list(runs)
+    for r in range(rounds):
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            rates[key].append(runs[key]())
+    out = {key: statistics.median(v) for key, v in rates.items()}
+    for a, b in (("eval", "raw"), ("lockstep", "raw"), ("eval", "lockstep")):
+        out[f"{a}/{b}"] = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+    return {**out, "steps": steps}
+
+
+def print_eval_table(task: str, n_envs: int, r: dict[str, float]) -> bool:
+    """Markdown row of env-steps/s and the overhead; returns whether it meets the 25% bar."""
+    overhead = 1.0 - r["eval/raw"]
+    ok = overhead <= 0.25
+    print(
+        "| task | n_envs | evaluate_policy env-steps/s | raw 1-env env-steps/s | ratio | overhead "
+        "| bar <= 25% | raw lockstep env-steps/s | lockstep/raw | eval/lockstep |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {task} | {n_envs} | {r['eval']:.0f} | {r['raw']:.0f} | {r['eval/raw']:.2f} | {overhead:.0%} "
+        f"| {'PASS' if ok else 'FAIL'} | {r['lockstep']:.0f} | {r['lockstep/raw']:.2f} "
+        f"| {r['eval/lockstep']:.2f} |"
+    )
+    print(
+        f"\n{r['steps']:.0f} env steps per side per round; ratios are medians over rounds of within-round "
+        "ratios.\nraw = measure_env_speed (one env, zero action); lockstep = n_envs envs stepped in turn, zero "
+        "action, no policy:\nlockstep/raw is the cost of the stepping pattern, eval/lockstep that of the policy "
+        "and the bookkeeping."
+    )
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["all", "train", "eval"], default="all")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)"
     )
     parser.add_argument("--policies", nargs="+", default=POLICIES.names())
+    parser.add_argument("--eval-task", default="metaworld/reach")
+    parser.add_argument("--eval-episodes", type=int, default=20)
+    parser.add_argument("--eval-max-steps", type=int, default=150)
+    parser.add_argument("--eval-envs", type=int, default=10)
+    parser.add_argument("--eval-rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    store = synthetic_store()
-    print(
-        f"training speed: {store.n_steps} steps of data, batch {BATCH}, {args.steps} steps x {args.rounds} "
-        f"rounds, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n"
-    )
-    print_training_table({name: measure(name, store, args.steps, args.rounds) for name in args.policies})
+    if args.part in ("all", "train"):
+        store = synthetic_store()
+        print(
+            f"training speed: {store.n_steps} steps of data, batch {BATCH}, {args.steps} steps x "
+            f"{args.rounds} rounds, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n"
+        )
+        print_training_table({name: measure(name, store, args.steps, args.rounds) for name in args.policies})
+    if args.part in ("all", "eval"):
+        print(
+            f"\nevaluation speed: bc_mlp policy, {args.eval_episodes} episodes x {args.eval_max_steps} steps, "
+            f"{args.eval_rounds} rounds, {torch.get_num_threads()} thread(s)\n"
+        )
+        result = measure_eval(
+            args.eval_task, args.eval_episodes, args.eval_max_steps, args.eval_envs, args.eval_rounds
+        )
+        print_eval_table(args.eval_task, args.eval_envs, result)
 
 
 if __name__ == "__main__":

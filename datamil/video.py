@@ -333,7 +333,7 @@ def _film(job: dict[str, Any]) -> list[VideoEpisode]:
     except Exception as error:  # noqa: BLE001
         raise VideoUnavailable(_gl_line(error)) from None
     from datamil.checkpoint import load_policy
-    from sim_tasks.rollout import _Lockstep, policy_cameras
+    from sim_tasks.rollout import Lockstep, policy_cameras
     from sim_tasks.suites import make_env
 
     config: VideoConfig = job["config"]
@@ -346,7 +346,7 @@ def _film(job: dict[str, Any]) -> list[VideoEpisode]:
         raise
     film = FilmingEnv(env, job["seed"], renderers[0], Path(job["out_dir"]), config, renderers[1])
     try:
-        run = _Lockstep(film, config.episodes, 1, job["execute_steps"])  # same bookkeeping as evaluation
+        run = Lockstep(film, config.episodes, 1, job["execute_steps"])  # same bookkeeping as evaluation
         while run.active:
             run.plan(act)
             run.advance()

@@ -97,7 +97,7 @@ class EvalResult:
         }
 
 
-class _Lockstep:
+class Lockstep:
     """Book-keeping for N episodes run through S env slots: which slot runs which episode, the
     actions each slot still has queued from its last action chunk, and the per-episode outcomes."""
 
@@ -201,7 +201,7 @@ def evaluate_policy(
     bar = tqdm(total=n_episodes, desc=f"eval {task}", unit="ep", disable=not progress)
     try:
         start = time.perf_counter()
-        run = _Lockstep(pool, n_episodes, n_slots, max(1, execute_steps))
+        run = Lockstep(pool, n_episodes, n_slots, max(1, execute_steps))
         while run.active:
             run.plan(act_fn)
             bar.update(run.advance())

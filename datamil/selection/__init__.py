@@ -1,5 +1,6 @@
 """Scores -> selected episodes: aggregation to trajectories/segments, strategies, the selection artifact."""
 
+from datamil.selection import baselines  # noqa: F401  (registers the baseline selection methods)
 from datamil.selection.aggregate import Segments, per_segment, per_trajectory
 from datamil.selection.methods import SELECTION_METHODS, SelectionConfig, SelectionRequest
 from datamil.selection.selection_io import Selection, read_selection, write_selection

@@ -1,0 +1,244 @@
+"""Selection baselines: the contract of every registered method on tiny real MetaWorld data, the retrieval
+math against brute force and planted answers, and (slow) the selection-quality benchmark end to end."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from datamil.data.schema import Episode, EpisodeMeta
+from datamil.data.sources import TaskData
+from datamil.data.store import TrajectoryStore
+from datamil.datamodels.metagrad import estimate_metagrad
+from datamil.datamodels.proxy import ProxyConfig
+from datamil.errors import DatamilError
+from datamil.policies.mlp import MLPPolicy
+from datamil.selecting import run_selection
+from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest, read_selection
+from datamil.selection.methods import DATAMODEL_METHODS
+from datamil.selection.retrieval import dtw_costs, pad_episodes, sub_trajectories, subsequence_dtw
+from datamil.training import OptimConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINES = [n for n in SELECTION_METHODS.names() if n not in DATAMODEL_METHODS]
+RANKED = [n for n in BASELINES if n not in ("all_prior", "target_only")]
+CHEAP = {"behavior_retrieval": {"steps": 60, "batch_size": 128}}  # keep the VAE fit short in tests
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: the small VAE and proxies only lose time to thread hand-offs on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cheap_estimator():
+    """The real exact-metagradient estimator on a 4-step proxy: what the datamodel methods run, but cheap."""
+    optim = OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=4, min_lr_ratio=1.0, grad_clip=None)
+    return functools.partial(estimate_metagrad, proxy=ProxyConfig(optim=optim, batch_size=32))
+
+
+def request(data: TaskData, method: str, budget: float = 0.25, seed: int = 0, **options) -> SelectionRequest:
+    cfg = SelectionConfig(method=method, budget=budget, options={**CHEAP.get(method, {}), **options})
+    return SelectionRequest(data, cfg, seed, lambda active: np.zeros(data.prior.n_episodes))
+
+
+# ------------------------------------------------------------------------------------ every method, real data
+@pytest.mark.sim
+@pytest.mark.parametrize("name", SELECTION_METHODS.names())
+def test_every_method_writes_a_valid_selection(name, tiny_task_data, tmp_path):
+    data = tiny_task_data
+    cfg = SelectionConfig(method=name, budget=0.25, cutoff=1e9, rounds=2, options=CHEAP.get(name, {}))
+    policy = functools.partial(MLPPolicy, hidden=(16,))
+    selection = run_selection(data, policy, cheap_estimator(), "metagrad", cfg, [0], tmp_path, {})
+    again = read_selection(tmp_path / "selection.json")
+    ids = data.prior.episodes.episode_id
+    assert again.selected == selection.selected and set(again.scores) == set(ids)
+    assert len(set(selection.selected)) == len(selection.selected) and set(selection.selected) <= set(ids)
+    assert all(np.isfinite(list(selection.scores.values())))
+    expected = {"all_prior": len(ids), "target_only": 0, "threshold": len(ids)}
+    k = max(1, round(0.25 * len(ids)))
+    if name == "iterative":  # the budget is a share of the pool that survives pruning
+        assert 1 <= len(selection.selected) <= k
+    else:
+        assert len(selection.selected) == expected.get(name, k)
+    assert selection.method == ("metagrad" if name in DATAMODEL_METHODS else name)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("name", RANKED)
+@pytest.mark.parametrize("budget", [0.1, 0.5, 1.0])
+def test_ranked_baselines_keep_the_budget(name, budget, tiny_task_data):
+    scores, chosen = SELECTION_METHODS.get(name)(request(tiny_task_data, name, budget))
+    n = tiny_task_data.prior.n_episodes
+    assert scores.shape == (n,) and np.all(np.isfinite(scores))
+    assert len(chosen) == max(1, round(budget * n)) == len(np.unique(chosen))
+    worst_kept, best_left = scores[chosen].max(), np.delete(scores, chosen).min(initial=np.inf)
+    assert worst_kept <= best_left  # the kept ones are the lowest scores
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("name", BASELINES)
+def test_baselines_are_functions_of_data_and_seed(name, tiny_task_data):
+    first = SELECTION_METHODS.get(name)(request(tiny_task_data, name, seed=3))
+    second = SELECTION_METHODS.get(name)(request(tiny_task_data, name, seed=3))
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_random_depends_on_the_seed_only(tiny_task_data):
+    a, b = (SELECTION_METHODS.get("random")(request(tiny_task_data, "random", seed=s))[0] for s in (0, 1))
+    assert not np.array_equal(a, b)
+
+
+def test_unknown_options_fail_loudly(tiny_task_data):
+    with pytest.raises(DatamilError, match="no option"):
+        SELECTION_METHODS.get("strap")(request(tiny_task_data, "strap", segment_lenght=10))
+
+
+def test_behavior_retrieval_is_deterministic_and_seeded(tiny_task_data):
+    import torch
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    runs = [
+        SELECTION_METHODS.get("behavior_retrieval")(request(tiny_task_data, "behavior_retrieval", seed=s))[0]
+        for s in (0, 0, 1)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    torch.manual_seed(123)
+    assert torch.equal(before, torch.rand(1))  # the global torch RNG stream is left as it was
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_baseline_has_a_method_preset(name):
+    cfg = instantiate(OmegaConf.load(ROOT / "configs" / "method" / f"{name}.yaml"))
+    assert isinstance(cfg, SelectionConfig) and cfg.method == name
+
+
+# ------------------------------------------------------------------------------------ planted answers
+def _store(trajectories: list[tuple[np.ndarray, np.ndarray]], prefix: str) -> TrajectoryStore:
+    return TrajectoryStore.from_episodes(
+        Episode(
+            {"state": s.astype(np.float32)},
+            a.astype(np.float32),
+            EpisodeMeta(f"{prefix}{i}", "synthetic", "t"),
+        )
+        for i, (s, a) in enumerate(trajectories)
+    )
+
+
+def _walk(rng: np.random.Generator, length: int, center: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    state = center + np.cumsum(rng.normal(0, 0.2, (length, len(center))), axis=0)
+    action = np.tanh(rng.normal(0, 1, (1, 3)) + 0.1 * rng.normal(0, 1, (length, 3)))
+    return state, action
+
+
+@pytest.fixture(scope="module")
+def planted() -> tuple[TaskData, set[str]]:
+    """20 unrelated prior trajectories (each around its own random center and action mode) plus noisy
+    copies of two target-train demos, planted at prior indices 5 and 17."""
+    rng = np.random.default_rng(0)
+    targets = [_walk(rng, 40, rng.normal(0, 3, 6)) for _ in range(3)]
+    prior = [_walk(rng, int(rng.integers(30, 60)), rng.normal(0, 3, 6)) for _ in range(20)]
+    for at, source in ((5, targets[0]), (17, targets[1])):
+        prior.insert(at, tuple(x + rng.normal(0, 0.02, x.shape) for x in source))
+    data = TaskData("t", _store(prior, "p"), _store(targets, "tt"), _store(targets[2:], "tv"))
+    return data, {"p5", "p17"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["state_similarity", "action_similarity", "state_action_similarity", "behavior_retrieval", "strap"],
+)
+def test_retrieval_baselines_pick_planted_near_duplicates(name, planted):
+    data, duplicates = planted
+    options = {"behavior_retrieval": {"steps": 400}, "strap": {"segment_length": 10, "stride": 10}}.get(
+        name, {}
+    )
+    cfg = SelectionConfig(method=name, budget=2 / data.prior.n_episodes, options=options)
+    _, chosen = SELECTION_METHODS.get(name)(SelectionRequest(data, cfg, 0, lambda a: None))
+    assert {data.prior.episodes.episode_id[i] for i in chosen} == duplicates
+
+
+# ------------------------------------------------------------------------------------ DTW against brute force
+def brute_force_subsequence_dtw(query: np.ndarray, ref: np.ndarray) -> float:
+    """The textbook O(L T) double loop with free start and end in the reference."""
+    cost = np.linalg.norm(query[:, None] - ref[None], axis=-1)
+    acc = np.full(cost.shape, np.inf)
+    acc[0] = cost[0]
+    for i in range(1, len(query)):
+        for j in range(len(ref)):
+            best = acc[i - 1, j]
+            if j > 0:
+                best = min(best, acc[i - 1, j - 1], acc[i, j - 1])
+            acc[i, j] = cost[i, j] + best
+    return float(acc[-1].min())
+
+
+def test_vectorized_subsequence_dtw_matches_brute_force():
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(4, 5, 3))
+    lengths = np.array([3, 9, 1, 7, 12])
+    flat, offsets = rng.normal(size=(lengths.sum(), 3)), np.concatenate([[0], np.cumsum(lengths)])
+    refs, _ = pad_episodes(flat, offsets)
+    expected = np.array(
+        [[brute_force_subsequence_dtw(q, r[:n]) for r, n in zip(refs, lengths, strict=True)] for q in queries]
+    )
+    np.testing.assert_allclose(subsequence_dtw(queries, refs, lengths), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        dtw_costs(queries, flat, offsets, max_cells=50), expected, rtol=1e-9, atol=1e-9
+    )
+
+
+def test_dtw_finds_an_embedded_copy_at_zero_cost():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(1, 30, 2))
+    query = ref[:, 11:19].copy()
+    cost = subsequence_dtw(query, np.concatenate([ref, rng.normal(size=(1, 30, 2))]), np.array([30, 30]))
+    assert cost[0, 0] == pytest.approx(0.0, abs=1e-6) and cost[0, 1] > 0.5
+
+
+def test_sub_trajectories_cover_every_step():
+    x = np.arange(23.0)[:, None]
+    windows = sub_trajectories(x, np.array([0, 13, 23]), length=5, stride=5)
+    assert windows.shape[1:] == (5, 1)
+    np.testing.assert_array_equal(np.unique(windows), np.arange(23.0))
+    assert windows[2, -1, 0] == 12 and windows[-1, -1, 0] == 22  # the last window ends at the episode end
+    short = sub_trajectories(x[:3], np.array([0, 3]), length=5, stride=5)
+    np.testing.assert_array_equal(short[0, :, 0], [0, 0, 0, 1, 2])
+
+
+# ------------------------------------------------------------------------------------ the benchmark, end to end
+@pytest.mark.slow
+@pytest.mark.sim
+def test_tiny_selection_quality_benchmark(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location(
+        "selection_quality", ROOT / "benchmarks" / "selection_quality.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "selection_quality", bench)  # its dataclasses look their module up
+    spec.loader.exec_module(bench)
+    overrides = [f"output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=1"]
+    rows = bench.main(["--preset", "tiny", *overrides])
+    methods = list(bench.load_config("tiny").methods)
+    assert sorted(r["method"] for r in rows) == sorted(methods)
+    assert all(0.0 <= r["success_rate"] <= 1.0 and np.isfinite(r["surrogate_loss"]) for r in rows)
+    for name in ("runs.csv", "results.md", "success.png", "config.yaml"):
+        assert (tmp_path / "out" / name).is_file()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in methods) and "Spearman" in table
+    again = bench.main(["--preset", "tiny", *overrides])  # resumes: every run is read back, not re-run
+    assert [r["success_rate"] for r in again] == [r["success_rate"] for r in rows]

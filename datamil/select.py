@@ -33,7 +33,8 @@ def main(cfg: DictConfig) -> None:
         config,
     )
     print(
-        f"selected {len(selection.selected)} of {data.prior.n_episodes} prior trajectories with {estimator}; "
+        f"selected {len(selection.selected)} of {data.prior.n_episodes} prior trajectories with "
+        f"{selection.method}; "
         f"wrote {run_dir}/selection.json and report.md"
     )
     print(f"next: python -m datamil.cotrain +task={task} selection={run_dir}/selection.json")

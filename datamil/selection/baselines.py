@@ -1,4 +1,4 @@
-"""Selection baselines, registered next to DataMIL's datamodel methods (`selection=random`, ...).
+"""Selection baselines, registered next to DataMIL's datamodel methods (`method=random`, ...).
 
 Each returns per-trajectory scores (lower = preferred) and the `budget` fraction of prior trajectories
 with the lowest scores, so every baseline writes the same selection file under the same budget as DataMIL.

@@ -1,4 +1,4 @@
-"""Selection methods by name (`selection.method=...`): scores → selected prior trajectories.
+"""Selection methods by name (`method=...` preset, or `selection.method=...`): scores → selected prior trajectories.
 
 Every method gets the same request (data, budget, seed, and a way to get datamodel scores) and
 returns per-trajectory scores (lower = preferred, shown in the report) plus the selected indices, so

@@ -28,8 +28,17 @@ from datamil.datamodels.synthetic import synthetic_multitask
 from datamil.policies.mlp import MLPPolicy
 
 METAWORLD_TASKS = [
-    "pick-place-wall", "pick-place", "push", "push-wall", "reach", "sweep", "door-open", "drawer-close",
-    "button-press", "window-open", "basketball",
+    "pick-place-wall",
+    "pick-place",
+    "push",
+    "push-wall",
+    "reach",
+    "sweep",
+    "door-open",
+    "drawer-close",
+    "button-press",
+    "window-open",
+    "basketball",
 ]
 
 
@@ -41,7 +50,9 @@ def metaworld_stores(cache: Path, seed: int) -> tuple[TrajectoryStore, Trajector
         tasks = [f"metaworld/{t}" for t in METAWORLD_TASKS]
         TrajectoryStore.from_episodes(generate_episodes(tasks, 10, seed)).save(cache / "prior")
         TrajectoryStore.from_episodes(generate_target_demos(tasks[0], 5, seed)).save(cache / "target_val")
-    return TrajectoryStore.load(cache / "prior", mmap=False), TrajectoryStore.load(cache / "target_val", mmap=False)
+    return TrajectoryStore.load(cache / "prior", mmap=False), TrajectoryStore.load(
+        cache / "target_val", mmap=False
+    )
 
 
 def cost_split(policy, prior, target_val, proxy: ProxyConfig, repeats: int) -> dict[str, float]:
@@ -57,7 +68,9 @@ def cost_split(policy, prior, target_val, proxy: ProxyConfig, repeats: int) -> d
         t = metagradient(policy, pool, surrogate, proxy, 0).timings
         rows.append((train_s, t["forward"], t["backward"], (t["forward"] + t["backward"]) / train_s))
     keys = ("train_s", "forward_s", "backward_s", "ratio")
-    return {k: statistics.median(r[i] for r in rows) for i, k in enumerate(keys)} | {"min_ratio": min(r[3] for r in rows)}
+    return {k: statistics.median(r[i] for r in rows) for i, k in enumerate(keys)} | {
+        "min_ratio": min(r[3] for r in rows)
+    }
 
 
 def main() -> None:
@@ -76,20 +89,28 @@ def main() -> None:
         prior, target_val = metaworld_stores(Path(args.cache), 0)
     else:
         prior, _, target_val = synthetic_multitask()
-    policy = MLPPolicy(prior.arrays["obs/state"].shape[1], prior.action_dim, state_stats=prior.pooled_stats("obs/state"))
+    policy = MLPPolicy(
+        prior.arrays["obs/state"].shape[1], prior.action_dim, state_stats=prior.pooled_stats("obs/state")
+    )
     proxy = ProxyConfig(replace(smooth_optim(), total_steps=args.steps), batch_size=args.batch_size)
-    print(f"data: {'metaworld' if args.metaworld else 'synthetic'}, {prior.n_episodes} prior episodes, "
-          f"{prior.n_steps} steps; proxy: GELU 256x256, {args.steps} steps, batch {args.batch_size}, Adam eps 1e-2")
+    print(
+        f"data: {'metaworld' if args.metaworld else 'synthetic'}, {prior.n_episodes} prior episodes, "
+        f"{prior.n_steps} steps; proxy: GELU 256x256, {args.steps} steps, batch {args.batch_size}, Adam eps 1e-2"
+    )
     c = cost_split(policy, prior, target_val, proxy, args.repeats)
-    print(f"P1 cost (median of {args.repeats} interleaved warm repeats): train {c['train_s']:.2f} s, metagrad "
-          f"forward {c['forward_s']:.2f} s + backward {c['backward_s']:.2f} s = {c['ratio']:.2f}x "
-          f"(min {c['min_ratio']:.2f}x; bar <= 3x)")
+    print(
+        f"P1 cost (median of {args.repeats} interleaved warm repeats): train {c['train_s']:.2f} s, metagrad "
+        f"forward {c['forward_s']:.2f} s + backward {c['backward_s']:.2f} s = {c['ratio']:.2f}x "
+        f"(min {c['min_ratio']:.2f}x; bar <= 3x)"
+    )
     estimators = {"metagrad": {}, "truncated": {"window": 50}, "influence": {}}
     if args.regression:
         estimators["regression"] = {"n_models": 64}
     scores, walls = run_estimators(policy, prior, target_val, estimators, proxy, 0)
     for mode in args.modes:
-        rows, _, _ = linear_datamodeling_score(policy, prior, target_val, scores, proxy, 0, args.n_models, mode=mode)
+        rows, _, _ = linear_datamodeling_score(
+            policy, prior, target_val, scores, proxy, 0, args.n_models, mode=mode
+        )
         for row in rows:
             row.wall_s, row.cost_ratio = walls[row.name], walls[row.name] / c["train_s"]
         print(f"\nLDS, {args.n_models} held-out 50% trajectory subsets, mode={mode}")

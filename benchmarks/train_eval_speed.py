@@ -203,7 +203,9 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=POLICIES.names())
     parser.add_argument("--eval-task", default="metaworld/reach")
     parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--eval-max-steps", type=int, default=500)  # datamil.evaluate's default (configs/eval)
+    parser.add_argument(
+        "--eval-max-steps", type=int, default=500
+    )  # datamil.evaluate's default (configs/eval)
     parser.add_argument("--eval-envs", type=int, default=10)
     parser.add_argument("--eval-rounds", type=int, default=5)
     args = parser.parse_args()

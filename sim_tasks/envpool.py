@@ -50,7 +50,9 @@ class LocalEnvs:
 
     def reset(self, slots: list[int], episodes: list[int]) -> Any:
         pairs = zip(slots, episodes, strict=True)
-        return self._obs(slots, [self.envs[s].reset(seed=self.seed, options={"episode": e})[0] for s, e in pairs])
+        return self._obs(
+            slots, [self.envs[s].reset(seed=self.seed, options={"episode": e})[0] for s, e in pairs]
+        )
 
     def step(self, slots: list[int], actions: np.ndarray) -> Step:
         obs, reward, success, truncated = [], [], [], []
@@ -165,7 +167,13 @@ def _gather(n: int, answers: list[tuple[list[int], Any]]) -> Any:
 
 
 def make_pool(
-    task: str, seed: int, stream: int, max_steps: int, n: int, workers: int, cameras: CameraConfig | None = None
+    task: str,
+    seed: int,
+    stream: int,
+    max_steps: int,
+    n: int,
+    workers: int,
+    cameras: CameraConfig | None = None,
 ) -> EnvPool:
     """LocalEnvs for workers <= 1, else WorkerEnvs over min(workers, n) processes.
 

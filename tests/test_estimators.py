@@ -44,7 +44,9 @@ class TinyGelu(LinearPolicy):
         self.lin = nn.Sequential(nn.Linear(obs_dim, 8), nn.GELU(), nn.Linear(8, action_dim)).double()
 
 
-def make_store(n_episodes: int, length: int, seed: int, prefix: str, dims: tuple[int, int] = (3, 2)) -> TrajectoryStore:
+def make_store(
+    n_episodes: int, length: int, seed: int, prefix: str, dims: tuple[int, int] = (3, 2)
+) -> TrajectoryStore:
     rng = np.random.default_rng(seed)
     episodes = []
     for i in range(n_episodes):
@@ -67,7 +69,9 @@ def test_linear_full_batch_gd_metagradient_matches_finite_differences(stores):
     """Least squares, batches as large as the pool, Adam eps 1e3 so each step is (scaled) gradient descent."""
     train, val, _ = stores
     policy = LinearPolicy()
-    cfg = ProxyConfig(replace(smooth_optim(), total_steps=10, lr=0.1, eps=1e3, weight_decay=0.01), batch_size=20)
+    cfg = ProxyConfig(
+        replace(smooth_optim(), total_steps=10, lr=0.1, eps=1e3, weight_decay=0.01), batch_size=20
+    )
     pool, surrogate = prepare(policy, train, val)
     scores = metagradient(policy, pool, surrogate, cfg, seed=0).scores
     for row in (0, 7, 19):
@@ -115,7 +119,9 @@ def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6):
         for t in range(cfg.steps):
             rows = batch_rows(seed, t, pool.size, cfg.batch_size)
             if t != t_star:
-                params, state = step_fn(policy, pool, cfg, rows, t, False)(params, state, torch.ones(cfg.batch_size))
+                params, state = step_fn(policy, pool, cfg, rows, t, False)(
+                    params, state, torch.ones(cfg.batch_size)
+                )
                 continue
             batch = {k: v[rows] for k, v in pool.data.items()}
             extra = {k: v[[row]] for k, v in pool.data.items()}
@@ -135,7 +141,9 @@ def test_truncated_matches_finite_differences_of_the_injection(stores):
     cfg = proxy()
     pool, surrogate = prepare(policy, train, val)
     window = 4
-    scores = truncated_scores(policy, pool, surrogate, cfg, 0, window, np.arange(pool.size), chunk_size=7).numpy()
+    scores = truncated_scores(
+        policy, pool, surrogate, cfg, 0, window, np.arange(pool.size), chunk_size=7
+    ).numpy()
     for row in (0, 9, 17):
         fd = _fd_injection(policy, pool, surrogate, cfg, 0, cfg.steps - window, row)
         assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
@@ -190,7 +198,9 @@ def test_lds_is_high_for_exact_metagradients_on_a_planted_toy(mode):
     policy, cfg = TinyGelu(), ProxyConfig(replace(smooth_optim(), total_steps=10, lr=1e-2), batch_size=16)
     scores = {"metagrad": ESTIMATORS.get("metagrad")(policy, train, val, 0, proxy=cfg).scores}
     scores["noise"] = np.random.default_rng(0).normal(size=train.n_steps)
-    rows, masks, true = linear_datamodeling_score(policy, train, val, scores, cfg, 0, n_models=20, mode=mode, n_boot=50)
+    rows, masks, true = linear_datamodeling_score(
+        policy, train, val, scores, cfg, 0, n_models=20, mode=mode, n_boot=50
+    )
     by_name = {r.name: r for r in rows}
     assert by_name["metagrad"].lds > 0.9 and by_name["metagrad"].low <= by_name["metagrad"].lds
     assert abs(by_name["noise"].lds) < by_name["metagrad"].lds - 0.4

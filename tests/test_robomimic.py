@@ -20,7 +20,9 @@ def write_robomimic(path, lengths, nan_demo=None):
             demo = data.create_group(f"demo_{i}")
             demo.create_dataset("obs/robot0_eef_pos", data=rng.normal(size=(t, 3)))
             demo.create_dataset("obs/robot0_gripper_qpos", data=rng.normal(size=(t, 2)))
-            demo.create_dataset("obs/agentview_image", data=rng.integers(0, 255, (t, 8, 8, 3), dtype=np.uint8))
+            demo.create_dataset(
+                "obs/agentview_image", data=rng.integers(0, 255, (t, 8, 8, 3), dtype=np.uint8)
+            )
             actions = rng.uniform(-1, 1, (t, 7))
             if i == nan_demo:
                 actions[1, 0] = np.nan
@@ -39,7 +41,9 @@ def robomimic_file(tmp_path):
 
 def test_reads_demos_in_numeric_order_with_concatenated_state(robomimic_file):
     episodes = list(
-        read_robomimic(robomimic_file, ["robot0_eef_pos", "robot0_gripper_qpos"], {"agentview_image": "image_primary"})
+        read_robomimic(
+            robomimic_file, ["robot0_eef_pos", "robot0_gripper_qpos"], {"agentview_image": "image_primary"}
+        )
     )
     assert [e.meta.episode_id for e in episodes[:3]] == ["lift/demo_0", "lift/demo_1", "lift/demo_2"]
     assert episodes[10].meta.episode_id == "lift/demo_10"
@@ -55,9 +59,9 @@ def test_reads_demos_in_numeric_order_with_concatenated_state(robomimic_file):
 
 def test_filter_keys_select_demos(robomimic_file):
     assert demo_names(robomimic_file, "train") == ["demo_0", "demo_2", "demo_10"]
-    assert [e.meta.episode_id for e in read_robomimic(robomimic_file, ["robot0_eef_pos"], filter_key="valid")] == [
-        "lift/demo_1"
-    ]
+    assert [
+        e.meta.episode_id for e in read_robomimic(robomimic_file, ["robot0_eef_pos"], filter_key="valid")
+    ] == ["lift/demo_1"]
     with pytest.raises(DataError, match="valid filter keys: \\['train', 'valid'\\]"):
         demo_names(robomimic_file, "test")
 

@@ -46,7 +46,9 @@ def test_fixed_length_segments(store):
     np.testing.assert_array_equal(segs.length, [2, 1, 2, 2, 1, 2])
     np.testing.assert_allclose(segs.score, [1, 2, 7, 11, 7, 17])
     np.testing.assert_array_equal(segs.step_indices(store, np.array([1, 4])), [2, 7])
-    np.testing.assert_allclose(per_segment(np.arange(10.0), store, 2, "mean").score, [0.5, 2, 3.5, 5.5, 7, 8.5])
+    np.testing.assert_allclose(
+        per_segment(np.arange(10.0), store, 2, "mean").score, [0.5, 2, 3.5, 5.5, 7, 8.5]
+    )
 
 
 def test_top_k_and_threshold():
@@ -87,10 +89,14 @@ def test_iterative_prune_drops_bad_and_readmits_good():
 
 def test_selection_file_round_trip(tmp_path):
     ids = ["a", "b", "c"]
-    sel = Selection.from_arrays(ids, np.array([0.5, -1.0, 0.1]), np.array([2, 1]), "metagrad", 0.5, 7, {"k": 1})
+    sel = Selection.from_arrays(
+        ids, np.array([0.5, -1.0, 0.1]), np.array([2, 1]), "metagrad", 0.5, 7, {"k": 1}
+    )
     path = write_selection(tmp_path / "sel.json", sel)
     raw = json.loads(path.read_text())
-    assert raw["format"] == "datamil-selection" and raw["selected"] == ["b", "c"] and "torch" in raw["versions"]
+    assert (
+        raw["format"] == "datamil-selection" and raw["selected"] == ["b", "c"] and "torch" in raw["versions"]
+    )
     again = read_selection(path)
     assert again == sel
     assert not list(tmp_path.glob(".*tmp*"))  # atomic: no temp files left

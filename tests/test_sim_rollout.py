@@ -99,5 +99,7 @@ def test_more_envs_than_episodes_and_speed_probe() -> None:
 
 def test_more_slots_finishing_than_episodes_left():
     """Two slots truncate on the same step with one episode pending: only one may start it."""
-    result = evaluate_policy(lambda obs: np.zeros((len(obs["state"]), 4)), "metaworld/reach", 3, 0, 5, n_envs=2)
+    result = evaluate_policy(
+        lambda obs: np.zeros((len(obs["state"]), 4)), "metaworld/reach", 3, 0, 5, n_envs=2
+    )
     assert result.n_episodes == 3 and result.length.tolist() == [5, 5, 5]

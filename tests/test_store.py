@@ -8,13 +8,17 @@ from datamil.data.store import StoreWriter, TrajectoryStore
 from datamil.errors import DataError
 
 
-def make_episode(i: int, length: int, dataset: str = "ds", action_dim: int = 4, image: bool = True) -> Episode:
+def make_episode(
+    i: int, length: int, dataset: str = "ds", action_dim: int = 4, image: bool = True
+) -> Episode:
     rng = np.random.default_rng(i)
     obs = {"state": rng.normal(size=(length, 5)).astype(np.float32) + (10 if dataset == "far" else 0)}
     if image:
         obs["image_primary"] = rng.integers(0, 255, (length, 8, 8, 3), dtype=np.uint8)
     actions = rng.uniform(-1, 1, (length, action_dim)).astype(np.float32)
-    return Episode(obs, actions, EpisodeMeta(f"{dataset}/{i}", dataset, "task", i % 2 == 0), language_instruction="go")
+    return Episode(
+        obs, actions, EpisodeMeta(f"{dataset}/{i}", dataset, "task", i % 2 == 0), language_instruction="go"
+    )
 
 
 @pytest.fixture
@@ -97,7 +101,10 @@ def test_subset_keeps_order_and_parent_stats(episodes):
     "corrupt, message",
     [
         (lambda e: e.actions.__setitem__((1, 2), np.nan), "action at step 1 is NaN"),
-        (lambda e: e.observations.pop("image_primary"), "standardize all datasets to the same observation keys"),
+        (
+            lambda e: e.observations.pop("image_primary"),
+            "standardize all datasets to the same observation keys",
+        ),
         (lambda e: e.observations.__setitem__("state", e.observations["state"][:2]), "has 2 steps"),
     ],
 )

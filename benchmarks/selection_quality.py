@@ -319,15 +319,12 @@ def composition_table(rows: list[dict], methods: list[str]) -> str:
 
 def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     """Grouped bars: success per task and overall, one bar per method, 95% intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from datamil.report import pyplot, save_figure
 
     tasks = sorted({r["task"] for r in rows})
     groups = [*tasks, None]
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.6))
+    fig, ax = pyplot().subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.6))
     for j, m in enumerate(methods):
         stats = np.array([cell(rows, m, g) for g in groups])
         x = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
@@ -336,12 +333,7 @@ def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     ax.set_xticks(np.arange(len(groups)), [g.split("/")[-1] if g else "mean" for g in groups])
     ax.set(ylabel="success (%)", ylim=(0, 105))
     ax.legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    from datamil.io import atomic_write_bytes
-
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path)
 
 
 def write_outputs(rows: list[dict], out: Path, methods: list[str], datamil: str, config: dict) -> Path:

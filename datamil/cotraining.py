@@ -17,9 +17,9 @@ from datamil.data.sampling import MixtureSampler
 from datamil.data.schema import is_image_key
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DatamilError
-from datamil.io import atomic_write_bytes
 from datamil.logger import Logger
 from datamil.policies.base import OBS_STATE_KEY, Policy
+from datamil.report import pyplot, save_figure
 from datamil.training import OptimConfig, TrainResult, train
 
 PolicyFactory = Callable[..., Policy]
@@ -136,22 +136,12 @@ def cotrain(
 
 def plot_training_curve(losses: np.ndarray | list[float], path: Path, every: int = 50) -> Path:
     """Training loss against step, smoothed over `every` steps."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     losses = np.asarray(losses, np.float64)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = pyplot().subplots(figsize=(5, 3.2))
     ax.plot(np.arange(len(losses)), losses, color="0.75", lw=0.6, label="per step")
     if len(losses) >= every:
         smooth = np.convolve(losses, np.ones(every) / every, mode="valid")
         ax.plot(np.arange(every - 1, len(losses)), smooth, color="tab:blue", label=f"mean of {every}")
     ax.set(xlabel="step", ylabel="training loss")
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return save_figure(fig, path)

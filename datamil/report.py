@@ -10,7 +10,8 @@ import numpy as np
 from datamil.io import atomic_write_bytes, atomic_write_text
 
 
-def _figure():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,12 +20,13 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write `fig` as a PNG atomically and close it."""
     import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _figure().close(fig)
+    pyplot().close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -43,7 +45,7 @@ def composition(tasks: list[str], successes: list[bool | None], mask: np.ndarray
 
 def plot_score_histogram(scores: np.ndarray, mask: np.ndarray, path: Path) -> Path:
     """Scores of every prior trajectory; selected ones highlighted. Negative = helpful."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.histogram_bin_edges(scores, bins=40)
     ax.hist(scores[~mask], bins=bins, color="0.7", label="not selected")
@@ -51,12 +53,12 @@ def plot_score_histogram(scores: np.ndarray, mask: np.ndarray, path: Path) -> Pa
     ax.axvline(0, color="k", lw=0.8)
     ax.set(xlabel="trajectory score (negative = lowers target loss)", ylabel="trajectories")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_composition(tasks: list[str], successes: list[bool | None], mask: np.ndarray, path: Path) -> Path:
     """Share of each source task (split by success/failure) in the prior and in the selection, side by side."""
-    plt = _figure()
+    plt = pyplot()
     counts = composition(tasks, successes, mask)
     keys = sorted(counts["prior"], key=lambda k: (-counts["selected"][k], k))
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(keys) + 1.5))
@@ -68,18 +70,18 @@ def plot_composition(tasks: list[str], successes: list[bool | None], mask: np.nd
     ax.invert_yaxis()
     ax.set(xlabel="fraction of trajectories")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_vs_length(scores: np.ndarray, lengths: np.ndarray, mask: np.ndarray, path: Path) -> Path:
     """Does the estimator just prefer long (or short) trajectories?"""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.scatter(lengths[~mask], scores[~mask], s=8, color="0.6", label="not selected")
     ax.scatter(lengths[mask], scores[mask], s=10, color="tab:blue", label="selected")
     ax.set(xlabel="trajectory length (steps)", ylabel="score")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def markdown_report(

@@ -8,6 +8,7 @@ refuses to mix scores made with different settings.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -49,8 +50,6 @@ def seed_scores(
         estimate(policy, data.prior, data.target_val, rng_seed=seed, target_train_store=data.target_train),
         np.float64,
     )
-    import io
-
     buffer = io.BytesIO()
     np.savez(buffer, scores=scores, fingerprint=np.array(key))
     atomic_write_bytes(path, buffer.getvalue())

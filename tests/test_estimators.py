@@ -79,13 +79,13 @@ def test_linear_full_batch_gd_metagradient_matches_finite_differences(stores):
         assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-12)
 
 
-@pytest.mark.parametrize("checkpoint_every", [500, 5])
-def test_gelu_mlp_metagradient_matches_finite_differences(stores, checkpoint_every):
+@pytest.mark.parametrize("checkpoint_every,reverse", [(500, "autograd"), (5, "autograd"), (5, "func")])
+def test_gelu_mlp_metagradient_matches_finite_differences(stores, checkpoint_every, reverse):
     train, val, _ = stores
     policy = TinyGelu()
     cfg = proxy(weight_decay=0.1)
     pool, surrogate = prepare(policy, train, val)
-    scores = metagradient(policy, pool, surrogate, cfg, 0, checkpoint_every).scores
+    scores = metagradient(policy, pool, surrogate, cfg, 0, checkpoint_every, reverse).scores
     for row in (0, 5, 13):
         fd = finite_difference(policy, pool, surrogate, cfg, 0, row, eps=1e-6)
         assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
@@ -98,6 +98,17 @@ def test_segment_length_does_not_change_metagradients(stores):
     results = [metagradient(policy, pool, surrogate, proxy(), 0, k).scores for k in (500, 1, 4, 5)]
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], rtol=1e-9, atol=1e-14)
+
+
+def test_autograd_and_torch_func_reverse_passes_agree(stores):
+    """The default plain-autograd pullback and torch.func.vjp differentiate the same steps."""
+    train, val, _ = stores
+    policy = TinyGelu()
+    pool, surrogate = prepare(policy, train, val)
+    fast, func = (metagradient(policy, pool, surrogate, proxy(), 0, 4, r).scores for r in ("autograd", "func"))
+    np.testing.assert_allclose(fast, func, rtol=1e-9, atol=1e-14)
+    with pytest.raises(DatamilError, match="reverse="):
+        metagradient(policy, pool, surrogate, proxy(), 0, 4, "jax")
 
 
 def test_include_target_train_scores_only_prior(stores):

@@ -22,7 +22,7 @@ from datamil.datamodels.synthetic import synthetic_multitask
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
 
-DEFAULT_KWARGS = {"regression": {"n_models": 64}, "truncated": {"window": 50}}
+DEFAULT_KWARGS = {"regression": {"n_models": 64}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--estimators", nargs="+", default=["metagrad", "truncated", "influence"])
     parser.add_argument("--steps", type=int, default=400, help="proxy training steps")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--window", type=int, default=50, help="truncated estimator's reverse window W")
     parser.add_argument("--n-models", type=int, default=50, help="held-out subsets (proxies) for the LDS")
     parser.add_argument("--mode", choices=["resample", "reweight"], default="resample")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     proxy = ProxyConfig(replace(smooth_optim(), total_steps=args.steps), batch_size=args.batch_size)
     estimators = {name: DEFAULT_KWARGS.get(name, {}) for name in args.estimators}
+    if "truncated" in estimators:
+        estimators["truncated"]["window"] = args.window
     rows, base = compare_estimators(
         policy, prior, target_val, estimators, proxy, args.seed, args.n_models, mode=args.mode
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,15 @@ def test_jpeg_images_are_close(tmp_path):
     original[0].observations["image_primary"] = np.full((4, *fx.HW, 3), 120, np.uint8)
     (read,) = _read(write_rlds(original, tmp_path, "datamil_jpeg", image_encoding="jpeg"))
     assert np.abs(read.observations["image_primary"].astype(int) - 120).max() <= 3
+
+
+def test_writing_leaves_no_temp_directories(tmp_path, episodes, monkeypatch):
+    """TFDS alone leaves an empty tmp*tfds directory in the temp dir per dataset written."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    write_rlds(episodes, tmp_path / "out", "datamil_no_leak")
+    assert list(scratch.iterdir()) == []
 
 
 def test_native_metaworld_entry(tmp_path):

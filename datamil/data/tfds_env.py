@@ -27,7 +27,28 @@ def load_tf() -> tuple[Any, Any]:
         raise DatamilError(
             f"RLDS needs TensorFlow ({e}); install it with: pip install 'datamil[tf]'"
         ) from None
+    _stop_temp_dir_leak(tfds)
     return tf, tfds
+
+
+def _stop_temp_dir_leak(tfds: Any) -> None:
+    """TFDS (4.9) makes an empty /tmp/tmp*tfds directory, and never removes it, every time a new dataset
+    is written (`DatasetInfo.initialize_from_bucket` runs `mkdtemp` before it checks whether GCS is
+    enabled). Offline, GCS is disabled and the method does nothing else, so skip it then: thousands of
+    recorded episodes otherwise leave thousands of empty directories behind."""
+    from tensorflow_datasets.core.utils import gcs_utils
+
+    info = tfds.core.DatasetInfo
+    original = info.initialize_from_bucket
+    if getattr(original, "skips_disabled_gcs", False):
+        return
+
+    def initialize_from_bucket(self: Any) -> None:
+        if not getattr(gcs_utils, "_is_gcs_disabled", False):
+            original(self)
+
+    initialize_from_bucket.skips_disabled_gcs = True  # type: ignore[attr-defined]
+    info.initialize_from_bucket = initialize_from_bucket
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from datamil.data.store import TrajectoryStore
 from datamil.errors import DatamilError
 from datamil.logger import Logger
 from datamil.policies.base import OBS_STATE_KEY, Policy
+from datamil.policies.vision import conform_store
 from datamil.report import pyplot, save_figure
 from datamil.training import OptimConfig, TrainResult, train
 
@@ -67,6 +68,19 @@ class Mixture:
     n_prior_episodes: int
 
 
+def in_target_layout(prior: TrajectoryStore, target: TrajectoryStore) -> TrajectoryStore:
+    """The prior with only the observation keys the target has, its cameras resized to the target's size.
+
+    An OXE prior comes with its own camera size and often keys the target lacks; the policy acts on the
+    target's observations, so the target's layout is the one to train in. Keys only the target has
+    still fail in `TrajectoryStore.concat`, with a one-line error.
+    """
+    sizes = {
+        f"obs/{k}": tuple(target.arrays[f"obs/{k}"].shape[1:3]) for k in target.obs_keys if is_image_key(k)
+    }
+    return conform_store(prior, set(target.arrays), sizes)
+
+
 def build_mixture(
     target_train: TrajectoryStore,
     prior: TrajectoryStore,
@@ -87,7 +101,7 @@ def build_mixture(
         )
     parts = [target_train]
     if selected_ids:
-        parts.append(prior.subset(prior.index_of(selected_ids)))
+        parts.append(in_target_layout(prior.subset(prior.index_of(selected_ids)), target_train))
     store = TrajectoryStore.concat(parts)
     n_target_steps = target_train.n_steps
     pools = [np.arange(n_target_steps)]

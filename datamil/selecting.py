@@ -46,6 +46,10 @@ def seed_scores(
             )
         return saved["scores"]
     policy = build_policy(factory, data.prior)
+    if hasattr(policy, "check_data"):  # image policies: every dataset has the cameras, at a usable size
+        policy.check_data(
+            {"prior": data.prior, "target_train": data.target_train, "target_val": data.target_val}
+        )
     scores = np.asarray(
         estimate(policy, data.prior, data.target_val, rng_seed=seed, target_train_store=data.target_train),
         np.float64,

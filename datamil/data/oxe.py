@@ -116,6 +116,8 @@ class Standardization:
     images: common image key -> raw path. `None` passes every raw observation key through unchanged (our
         own layout, already `state` + `image_*`).
     language: raw path of the per-step instruction (the first step's is used).
+    image_present: raw image path -> episode-level bool path that says whether the episode has that
+        camera at all (bridge's `has_image_i`: frames of a missing camera are blank, not absent).
     action: raw steps -> (T, A) float actions in `action_convention`.
     action_dim: A after conversion (None: whatever the data has, for native datasets).
     success: raw episode-level features (everything but steps) -> success flag or None.
@@ -130,6 +132,7 @@ class Standardization:
     action_convention: str = EEF_DELTA
     action_dim: int | None = COMMON_ACTION_DIM
     success: Callable[[Mapping[str, Any]], bool | None] | None = None
+    image_present: Mapping[str, str] = field(default_factory=dict)
 
     def image_paths(self, raw_image_paths: list[str]) -> list[str]:
         """Raw image paths this entry reads: the rest need not be decoded."""
@@ -146,6 +149,29 @@ class Standardization:
         required = {p: s for p, s in self.required.items() if p not in set(self.images.values())}
         return replace(self, required=required, images={})
 
+    def with_image_keys(self, raw_to_ours: Mapping[str, str]) -> Standardization:
+        """This entry reading other cameras: raw observation key (or "/"-path) -> our image key.
+
+        E.g. {"image_1": "image_primary"} reads bridge's second view instead of the registered image_0.
+        """
+        if self.images is None:
+            raise DataError(
+                f"the {self.name!r} layout already names its cameras image_*; choose among them with "
+                "policy.image_keys instead of remapping them"
+            )
+        images: dict[str, str] = {}
+        for raw, ours in raw_to_ours.items():
+            path = raw if "/" in raw else f"observation/{raw}"
+            if not is_image_key(ours):
+                raise DataError(f"camera {raw!r} is mapped to {ours!r}; image keys must start with 'image'")
+            if ours in images:
+                raise DataError(f"two cameras ({images[ours]!r}, {path!r}) are mapped to {ours!r}")
+            images[ours] = path
+        old = set(self.images.values())
+        required = {p: s for p, s in self.required.items() if p not in old}
+        required.update({p: (None, None, 3) for p in images.values()})
+        return replace(self, required=required, images=images)
+
     def check(self, steps: Steps, where: str) -> None:
         """Raise DataError unless every required raw key is there with its published per-step shape."""
         for path, shape in self.required.items():
@@ -157,6 +183,11 @@ class Standardization:
                     f"{sorted(self.required)}; pass the standardization that matches this dataset"
                 ) from None
             if shape is not None and not _shape_matches(value.shape[1:], shape):
+                if shape == (None, None, 3) and _is_grayscale(value.shape[1:]):
+                    raise DataError(
+                        f"{where}: camera {path!r} is grayscale {value.shape[1:]}, RGB (H, W, 3) is expected; "
+                        "set data.grayscale_to_rgb=true to repeat the channel (or read_rlds(grayscale_to_rgb=True))"
+                    )
                 raise DataError(
                     f"{where}: raw {path!r} has per-step shape {value.shape[1:]}, the {self.name!r} "
                     f"standardization expects {shape}; pass the standardization that matches this dataset"
@@ -188,6 +219,11 @@ def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...]) ->
     return len(actual) == len(expected) and all(
         e is None or a == e for a, e in zip(actual, expected, strict=True)
     )
+
+
+def _is_grayscale(shape: tuple[int, ...]) -> bool:
+    """(H, W) or (H, W, 1): a one-channel image."""
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1)
 
 
 def _first_text(values: Any) -> str:
@@ -285,6 +321,7 @@ register("bridge", "bridge_dataset")(
         state=(("observation/state", None, None),),
         images={IMAGE_PRIMARY: "observation/image_0"},
         language="language_instruction",
+        image_present={f"observation/image_{i}": f"episode_metadata/has_image_{i}" for i in range(4)},
     )
 )
 

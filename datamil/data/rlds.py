@@ -20,13 +20,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from datamil.data.oxe import DATAMIL, STANDARDIZATIONS, Standardization, get_standardization
+from datamil.data.oxe import DATAMIL, STANDARDIZATIONS, Standardization, get_standardization, lookup
 from datamil.data.rlds_writer import DATAMIL_META_KEYS, write_rlds  # noqa: F401  (re-exported)
 from datamil.data.schema import STEP_FLAGS, Episode, EpisodeMeta
 from datamil.data.store import StoreWriter, TrajectoryStore
@@ -124,12 +124,17 @@ def read_rlds(
     max_episodes: int | None = None,
     progress: bool = True,
     images: bool = True,
+    image_keys: Mapping[str, str] | None = None,
+    grayscale_to_rgb: bool = False,
 ) -> Iterator[Episode]:
     """Stream a dataset's episodes in the common schema, one at a time, in a fixed order.
 
     source: a dataset directory or a dataset name (looked up in `data_dir`, e.g. gs://gresearch/robotics).
     standardization: OXE registry entry; default: by dataset name, or ours for write_rlds datasets.
     images: False skips decoding every camera (much faster when only state and actions are needed).
+    image_keys: raw camera -> our image key, e.g. {"image_1": "image_primary"}, instead of the cameras
+        the registry entry reads (a raw observation key, or a "/"-path in the steps).
+    grayscale_to_rgb: repeat the channel of one-channel cameras; otherwise they fail with a DataError.
     Episode ids: ours keep their stored id; other datasets get f"{name}/{split}/{index}", index being
     the episode's position in the whole split (stable under split slicing such as "train[10:20]").
     Setup errors (not a dataset, unknown name or split) raise here; malformed episodes raise DataError
@@ -140,11 +145,27 @@ def read_rlds(
     spec = resolve_standardization(builder, standardization)
     if not images:
         spec = spec.without_images()
+    elif image_keys:
+        spec = _remap_cameras(builder, spec, image_keys)
     total = _split_size(builder, split)
     total = total if max_episodes is None else min(total, max_episodes)
     dataset = _episode_dataset(tf, tfds, builder, spec, split, max_episodes, images)
-    reader = _EpisodeReader(builder, spec, split.split("[")[0], images)
+    reader = _EpisodeReader(builder, spec, split.split("[")[0], images, grayscale_to_rgb)
     return _stream(tfds, dataset, reader, total, progress)
+
+
+def _remap_cameras(builder: Any, spec: Standardization, image_keys: Mapping[str, str]) -> Standardization:
+    """`spec` reading the given cameras; a camera the dataset lacks fails here, listing the ones it has."""
+    remapped = spec.with_image_keys(image_keys)
+    cameras = image_paths(builder.info.features)
+    missing = [p for p in remapped.images.values() if p not in cameras]  # type: ignore[union-attr]
+    if missing:
+        have = sorted(p.removeprefix("observation/") for p in cameras)
+        raise DataError(
+            f"{builder.name} has no camera {missing[0].removeprefix('observation/')!r}; its cameras are "
+            f"{have}; fix image_keys (data.prior_image_keys / data.target_image_keys)"
+        )
+    return remapped
 
 
 def _split_size(builder: Any, split: str) -> int:
@@ -222,24 +243,36 @@ def _stream(tfds: Any, dataset: Any, reader: _EpisodeReader, total: int, progres
             except StopIteration:
                 return
             except tf.errors.OpError as error:  # a corrupt shard or an undecodable frame
-                first = str(error.message).strip().splitlines()[0] if error.message else type(error).__name__
                 raise DataError(
-                    f"{reader.name}: unreadable data after episode #{position} ({first}); "
-                    "re-write or re-download the dataset"
+                    f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
+                    f"order): {_tf_cause(error)}; re-write or re-download the dataset"
                 ) from None
             yield reader.episode(raw, position)
             bar.update()
 
 
+def _tf_cause(error: Any) -> str:
+    """The innermost reason of a tf.data error (e.g. "Invalid PNG data, size 100"), without TF's node names."""
+    text = str(error.message or "").strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:[^\]]*\].*$", "", first)
+    return first.rsplit(": ", 1)[-1].strip()
+
+
 class _EpisodeReader:
     """Turns one raw numpy episode (steps batched over time) into a validated Episode."""
 
-    def __init__(self, builder: Any, spec: Standardization, split: str, images: bool) -> None:
+    def __init__(
+        self, builder: Any, spec: Standardization, split: str, images: bool, grayscale_to_rgb: bool = False
+    ) -> None:
         self.name, self.spec, self.split = builder.name, spec, split
         self.ours = is_datamil_layout(builder.info.features)
         shard_lengths = builder.info.splits[split].shard_lengths or []
         self.shard_offsets = np.concatenate([[0], np.cumsum(shard_lengths)]).astype(int)
-        self.skip = [] if images else image_paths(builder.info.features)
+        cameras = image_paths(builder.info.features)
+        self.skip = [] if images else cameras
+        self.cameras = spec.image_paths(cameras) if images else []
+        self.grayscale_to_rgb = grayscale_to_rgb
 
     def episode(self, raw: dict, position: int) -> Episode:
         steps = raw.pop("steps")
@@ -247,6 +280,10 @@ class _EpisodeReader:
             _pop_path(steps, path)
         meta = self.meta(raw, position)
         where = f"episode {meta.episode_id!r} of {self.name!r}"
+        self.check_cameras(raw, where)
+        if self.grayscale_to_rgb:
+            for path in self.cameras:
+                _set_path(steps, path, _to_rgb(lookup(steps, path)))
         standard = self.spec(steps, where)
         flags = {flag: np.asarray(steps[flag], bool) if flag in steps else None for flag in STEP_FLAGS}
         rewards = np.asarray(steps["reward"], np.float32).reshape(-1) if "reward" in steps else None
@@ -261,6 +298,20 @@ class _EpisodeReader:
             **flags,
         )
         return episode.validate(self.spec.action_dim)
+
+    def check_cameras(self, raw: dict, where: str) -> None:
+        """DataError when the dataset says this episode lacks a camera we read (its frames are blank)."""
+        for path in self.cameras:
+            flag = self.spec.image_present.get(path)
+            try:
+                present = flag is None or bool(np.asarray(lookup(raw, flag)))
+            except KeyError:
+                present = True  # the dataset does not say
+            if not present:
+                raise DataError(
+                    f"{where} has no camera {path!r} ({flag} is false: its frames are blank); read a "
+                    "camera every episode has (data.prior_image_keys / data.target_image_keys)"
+                )
 
     def meta(self, raw: dict, position: int) -> EpisodeMeta:
         if self.ours:
@@ -290,6 +341,21 @@ def _pop_path(tree: dict, path: str) -> None:
     tree.pop(leaf, None)
 
 
+def _set_path(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split("/")
+    for part in parents:
+        tree = tree[part]
+    tree[leaf] = value
+
+
+def _to_rgb(frames: Any) -> np.ndarray:
+    """(T, H, W) or (T, H, W, 1) grayscale -> (T, H, W, 3) by repeating the channel; RGB unchanged."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    return np.repeat(frames, 3, axis=-1) if frames.ndim == 4 and frames.shape[-1] == 1 else frames
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -300,7 +366,8 @@ def ingest_rlds(
 ) -> TrajectoryStore:
     """Stream an RLDS dataset into an on-disk TrajectoryStore (atomic) and open it memory-mapped.
 
-    read_kwargs go to read_rlds (standardization, split, data_dir, max_episodes, progress, images).
+    read_kwargs go to read_rlds (standardization, split, data_dir, max_episodes, progress, images,
+    image_keys, grayscale_to_rgb). A failure (a malformed or unreadable episode) leaves no store behind.
     """
     episodes = read_rlds(source, **read_kwargs)
     with StoreWriter(store_path) as writer:

@@ -202,6 +202,8 @@ class RLDSSource:
 
     `prior` and `target` are dataset directories, or dataset names resolved under `data_dir`
     (e.g. gs://gresearch/robotics). Each is converted once into a store under the cache directory.
+    Cameras come from the dataset's OXE registry entry (bridge: image_0 -> image_primary);
+    `prior_image_keys` / `target_image_keys` ({raw camera: our image key}) read other ones.
     """
 
     prior: str = ""
@@ -212,6 +214,9 @@ class RLDSSource:
     data_dir: str | None = None
     max_prior_episodes: int | None = None
     cache_dir: str | None = None
+    prior_image_keys: dict[str, str] | None = None  # e.g. {image_1: image_primary}; None = the registry's
+    target_image_keys: dict[str, str] | None = None  # the same for the target demos
+    grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
 
     def load(self, task: str) -> TaskData:
         if not self.prior or not self.target:
@@ -219,16 +224,22 @@ class RLDSSource:
                 "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
             )
         root = (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) / "rlds"
-        prior = self._ingest(self.prior, root, self.max_prior_episodes)
-        target = self._ingest(self.target, root, None)
+        prior = self._ingest(self.prior, root, self.max_prior_episodes, self.prior_image_keys)
+        target = self._ingest(self.target, root, None, self.target_image_keys)
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
         return TaskData(task, prior, target_train, target_val)
 
-    def _ingest(self, source: str, root: Path, max_episodes: int | None) -> TrajectoryStore:
+    def _ingest(
+        self, source: str, root: Path, max_episodes: int | None, image_keys: dict[str, str] | None
+    ) -> TrajectoryStore:
         from datamil.data.rlds import ingest_rlds
 
         resolved = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
         config = {"source": resolved, "standardization": self.standardization, "max_episodes": max_episodes}
+        image_keys = dict(image_keys) if image_keys else None
+        # only when set, so the caches of registry-camera, RGB data keep their keys
+        config.update({"image_keys": image_keys} if image_keys else {})
+        config.update({"grayscale_to_rgb": True} if self.grayscale_to_rgb else {})
         store_dir = root / f"{Path(source).name}-{cache_key(config)}"
         if (store_dir / "meta.json").is_file():
             return TrajectoryStore.load(store_dir)
@@ -238,6 +249,8 @@ class RLDSSource:
             standardization=self.standardization,
             data_dir=self.data_dir,
             max_episodes=max_episodes,
+            image_keys=image_keys,
+            grayscale_to_rgb=self.grayscale_to_rgb,
         )
 
 

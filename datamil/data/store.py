@@ -250,6 +250,15 @@ class TrajectoryStore:
                     f"cannot combine stores with arrays {sorted(names)} and {sorted(other.arrays)}; "
                     "standardize them to the same observation keys"
                 )
+            for name in sorted(names):
+                ours, theirs = stores[0].arrays[name].shape[1:], other.arrays[name].shape[1:]
+                if ours != theirs:
+                    image = name.startswith(OBS_PREFIX) and is_image_key(name[len(OBS_PREFIX) :])
+                    hint = " (resize the cameras to one size first)" if image else ""
+                    raise DataError(
+                        f"cannot combine stores: {name!r} is {tuple(ours)} per step in one and "
+                        f"{tuple(theirs)} in another{hint}"
+                    )
         arrays = {name: np.concatenate([np.asarray(s.arrays[name]) for s in stores]) for name in names}
         offsets = np.concatenate([[0], np.cumsum(np.concatenate([s.episode_lengths for s in stores]))])
         columns = zip(*(s.episodes.columns() for s in stores), strict=True)

@@ -16,6 +16,7 @@ dependence on the data (measured against end_to_end in benchmarks/image_pipeline
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,9 @@ from datamil.datamodels.proxy import ProxyConfig
 from datamil.datamodels.surrogate import Surrogate
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
-from datamil.io import atomic_dir
+from datamil.io import atomic_dir, atomic_write_bytes
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
+from datamil.policies.vision import OBS_PREFIX, conform_store
 from datamil.training import OptimConfig, train
 
 FEATURES_FILE = "features.npy"
@@ -65,13 +67,22 @@ class FitConfig:
 
 def fit_encoder(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig) -> Params:
     """Train the whole image policy by BC (augmentation on) on the concatenated stores; returns params."""
-    data = TrajectoryStore.concat(stores)
+    data = fit_data(policy, stores)
     optim = OptimConfig(lr=fit.lr, total_steps=fit.steps, warmup_steps=min(100, fit.steps // 10))
     policy.train()
     result = train(
         policy, data, np.arange(data.n_steps), fit.steps, fit.batch_size, optim, fit.seed, progress=False
     )
     return result.params
+
+
+def fit_data(policy: Policy, stores: list[TrajectoryStore]) -> TrajectoryStore:
+    """The stores as one, keeping only the observations the policy reads, cameras at the encoder's size
+    when `image_size` is set (which also keeps the in-memory copy small)."""
+    sizes = {}
+    if policy.encoder.image_size is not None:
+        sizes = {OBS_PREFIX + k: policy.encoder.input_size(k) for k in policy.image_keys}
+    return TrajectoryStore.concat([conform_store(s, set(policy.batch_keys), sizes) for s in stores])
 
 
 @torch.no_grad()
@@ -172,10 +183,9 @@ def _fitted_params(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig
     if path.is_file():
         return torch.load(path, weights_only=True)
     params = fit_encoder(policy, stores, fit)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(params, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(params, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return params
 
 
@@ -226,6 +236,9 @@ def run_image(
         raise DatamilError(
             f"estimator=image needs an image policy (policy=bc_image), got {type(policy).__name__}"
         )
+    stores = {"prior": train_store, "target_val": target_val_store, "target_train": target_train_store}
+    if hasattr(policy, "check_data"):
+        policy.check_data(stores)  # a missing camera or a size clash fails before any fit
     kwargs = dict(estimator_kwargs or {})
     proxy = proxy or ProxyConfig()
     if mode == "end_to_end":
@@ -324,6 +337,7 @@ __all__ = [
     "encoder_hash",
     "estimate_image",
     "feature_store",
+    "fit_data",
     "fit_encoder",
     "frozen_feature_stores",
     "run_image",

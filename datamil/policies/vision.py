@@ -21,7 +21,7 @@ and replay), while neighbouring frames still see different shifts. It applies on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamil.data.normalization import NormStats
+from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
 from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
 from datamil.policies.diffusion import hash_uniform
@@ -98,13 +99,47 @@ def random_shift(images: Tensor, index: Tensor, pad: int, seed: int) -> Tensor:
     return F.grid_sample(padded, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) float -> (B, C, *size): "area" when shrinking, bilinear when growing."""
+    if tuple(images.shape[2:]) == tuple(size):
+        return images
+    mode = "area" if images.shape[2] >= size[0] else "bilinear"
+    return F.interpolate(images, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], chunk: int = 256) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, *size, 3), resized like the encoder does, in chunks (bounded memory)."""
+    out = np.empty((len(frames), *size, frames.shape[-1]), np.uint8)
+    for lo in range(0, len(frames), chunk):
+        x = torch.from_numpy(np.array(frames[lo : lo + chunk])).permute(0, 3, 1, 2).float()  # a copy
+        y = resize_images(x, size).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        out[lo : lo + len(x)] = y.numpy()
+    return out
+
+
+def conform_store(
+    store: TrajectoryStore, obs_names: Collection[str], image_sizes: Mapping[str, tuple[int, int]]
+) -> TrajectoryStore:
+    """`store` with only the observation arrays in `obs_names` (e.g. "obs/image_primary") and each camera
+    named in `image_sizes` resized to its (H, W) as the encoder would (rounded to uint8).
+
+    Datasets differ in what else they carry (an OXE prior's state, an image-only target) and in camera
+    size; this puts one in the layout of another (co-training) or of a policy (the encoder fit).
+    """
+    arrays = {k: v for k, v in store.arrays.items() if not k.startswith(OBS_PREFIX) or k in obs_names}
+    for name, size in image_sizes.items():
+        if name in arrays and tuple(arrays[name].shape[1:3]) != tuple(size):
+            arrays[name] = resize_frames(arrays[name], tuple(size))
+    return TrajectoryStore(arrays, store.offsets, store.episodes, store.stats)
+
+
 def check_image_shape(key: str, shape: Sequence[int]) -> tuple[int, int, int]:
     """(H, W, 3) of one per-step image shape, or a one-line DataError (grayscale, not an image)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
         raise DataError(
-            f"image {key!r} is grayscale {shape}; the encoder expects RGB (H, W, 3): "
-            "repeat the channel (np.repeat(x, 3, axis=-1)) when converting the dataset"
+            f"image {key!r} is grayscale {shape}; the encoder expects RGB (H, W, 3): set "
+            "data.grayscale_to_rgb=true (data=rlds) or repeat the channel when converting the dataset"
         )
     if len(shape) != 3 or shape[-1] != 3:
         raise DataError(f"image {key!r} has per-step shape {shape}; expected RGB (H, W, 3) uint8")
@@ -133,29 +168,27 @@ class ObsEncoder(nn.Module):
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.shift_pad, self.aug_seed, self.state_dim = int(shift_pad), int(aug_seed), int(state_dim)
         self.convs = nn.ModuleDict(
-            {k.replace("/", "_"): ConvEncoder(self._size(k), **conv_kwargs) for k in self.shapes}
+            {k.replace("/", "_"): ConvEncoder(self.input_size(k), **conv_kwargs) for k in self.shapes}
         )
         self.state_norm = Normalizer(state_stats, state_dim) if state_dim else None
         feature_dim = int(conv_kwargs.get("feature_dim", 64))
         self.out_dim = feature_dim * len(self.shapes) + self.state_dim
 
-    def _size(self, key: str) -> tuple[int, int]:
+    def input_size(self, key: str) -> tuple[int, int]:
+        """(H, W) the conv net of camera `key` takes: `image_size`, else the size the policy was built on."""
         return self.image_size or self.shapes[key][:2]
 
     def pixels(self, key: str, raw: Tensor, index: Tensor | None) -> Tensor:
         """uint8 (B, H, W, 3) -> (B, 3, h, w) float in [-1, 1], resized, shifted in train mode."""
         check_image_shape(key, raw.shape[1:])
-        size = self._size(key)
+        size = self.input_size(key)
         if self.image_size is None and tuple(raw.shape[1:3]) != size:
             raise DataError(
                 f"image {key!r} is {tuple(raw.shape[1:3])} here but {size} in the data the policy was built "
                 "on; set policy.image_size: [H, W] to resize every dataset to one size"
             )
         dtype = self.convs[key.replace("/", "_")].out.weight.dtype
-        x = raw.permute(0, 3, 1, 2).to(dtype) * (2.0 / 255.0) - 1.0
-        if tuple(x.shape[2:]) != size:
-            mode = "area" if x.shape[2] >= size[0] else "bilinear"
-            x = F.interpolate(x, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        x = resize_images(raw.permute(0, 3, 1, 2).to(dtype) * (2.0 / 255.0) - 1.0, size)
         if self.training and self.shift_pad > 0 and index is not None:
             x = random_shift(x, index, self.shift_pad, self.aug_seed)
         return x
@@ -240,6 +273,37 @@ class VisionPolicy(Policy):
             )
         size = self.encoder.shapes[self.image_keys[0]][:2]
         return {"cameras": {k: self.cameras[k] for k in self.image_keys}, "size": size}
+
+    def check_data(self, stores: Mapping[str, Any]) -> None:
+        """One-line DataError unless every named store has what the policy reads, at a usable size.
+
+        stores: name -> TrajectoryStore (e.g. prior, target_train, target_val). Run before any training,
+        so a camera missing from one dataset or a size mismatch without `image_size` fails up front.
+        """
+        for name, store in stores.items():
+            if store is None:
+                continue
+            for key in self.image_keys:
+                array = store.arrays.get(OBS_PREFIX + key)
+                if array is None:
+                    raise DataError(
+                        f"the {name} data has no image {key!r} (it has {store.obs_keys}); map one of its "
+                        "cameras to it (data=rlds: data.prior_image_keys / data.target_image_keys)"
+                    )
+                shape = check_image_shape(key, array.shape[1:])
+                built = self.encoder.shapes[key]
+                if self.encoder.image_size is None and shape[:2] != built[:2]:
+                    raise DataError(
+                        f"image {key!r} is {shape[:2]} in the {name} data but {built[:2]} in the data the "
+                        "policy was built on; set policy.image_size: [H, W] to resize every dataset"
+                    )
+            state = store.arrays.get(OBS_STATE_KEY)
+            if self.encoder.state_dim and (state is None or state.shape[1:] != (self.encoder.state_dim,)):
+                has = "none" if state is None else f"{state.shape[1:]}"
+                raise DataError(
+                    f"the {name} data has no {self.encoder.state_dim}-d state vector (it has {has}); use "
+                    "policy=bc_image_only (policy.use_state=false) when the datasets' states differ"
+                )
 
     @property
     def obs_norm(self) -> Normalizer | None:

@@ -6,9 +6,23 @@ trajectories, measure the surrogate of each, and fit a linear model
 with ridge (or lasso) regression. tau_e is a per-TRAJECTORY score; it is spread evenly over the
 trajectory's steps (tau_e / len_e), so the sum aggregation of `datamil.selection` gives tau_e back and a
 subset's predicted surrogate is b + sum of its steps' scores, as for every other estimator.
+
+The M proxies train in vmapped chunks of `chunk` models. Scale-out splits the same chunks across jobs:
+shard k of K trains its share and writes it to a shard file (`run_regression_shard`), and
+`gather_regression` fits the datamodel on all shards. The masks are the global masks of one seed and every
+shard trains whole chunks, so K shards reproduce the single-process `run_regression`.
 """
 
 from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LassoCV, RidgeCV
@@ -16,8 +30,49 @@ from sklearn.linear_model import LassoCV, RidgeCV
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, ensemble_surrogates_on_subsets, random_masks, subset_rows
+from datamil.datamodels.surrogate import Surrogate, TrainPool
 from datamil.errors import DatamilError
+from datamil.io import atomic_write_bytes
 from datamil.policies.base import Policy
+
+
+@dataclass(frozen=True)
+class RegressionSpec:
+    """Everything that decides the M proxies' subsets and training (and, with `model`, the fit)."""
+
+    rng_seed: int = 0  # proxy seed (initialization, batch order) and the seed of the subset masks
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    n_models: int = 64  # M
+    alpha: float = 0.5  # fraction of prior trajectories in each subset
+    model: str = "ridge"  # ridge | lasso; only the fit uses it
+    chunk: int = 32  # proxies trained together in one vmapped ensemble
+    include_target_train: bool = False  # every proxy also trains on target-train
+
+    def masks(self, n_episodes: int) -> np.ndarray:
+        """(M, E) bool: the global subset masks; a pure function of (rng_seed, M, alpha, E)."""
+        return random_masks(n_episodes, self.n_models, self.alpha, np.random.default_rng([self.rng_seed, 7]))
+
+    def chunks(self) -> list[np.ndarray]:
+        """Model indices of each vmapped chunk: [0, chunk), [chunk, 2 chunk), ..."""
+        if self.chunk < 1 or self.n_models < 1:
+            raise DatamilError(f"n_models={self.n_models} and chunk={self.chunk} must be at least 1")
+        return [
+            np.arange(lo, min(lo + self.chunk, self.n_models)) for lo in range(0, self.n_models, self.chunk)
+        ]
+
+    def shard_models(self, shard: int, n_shards: int) -> np.ndarray:
+        """Model indices of shard k of K: a contiguous run of whole chunks (so results match one process)."""
+        chunks = self.chunks()
+        if not 0 <= shard < n_shards:
+            raise DatamilError(f"shard={shard} is outside 0..{n_shards - 1}; use 0 <= shard < n_shards")
+        if n_shards > len(chunks):
+            raise DatamilError(
+                f"n_shards={n_shards} is more than the {len(chunks)} vmapped chunks of n_models="
+                f"{self.n_models}, chunk={self.chunk}; lower n_shards or the estimator's chunk (at most "
+                f"{max(1, self.n_models // n_shards)}), since each shard trains whole chunks"
+            )
+        mine = np.array_split(np.arange(len(chunks)), n_shards)[shard]
+        return np.concatenate([chunks[c] for c in mine])
 
 
 def fit_datamodel(masks: np.ndarray, values: np.ndarray, model: str = "ridge") -> tuple[np.ndarray, float]:
@@ -35,6 +90,32 @@ def fit_datamodel(masks: np.ndarray, values: np.ndarray, model: str = "ridge") -
 def spread_over_steps(tau: np.ndarray, store: TrajectoryStore) -> np.ndarray:
     """(N,) per-step scores tau_e / len_e, so summing a trajectory's steps gives tau_e back."""
     return (tau / store.episode_lengths)[store.episode_of_step]
+
+
+def train_surrogates(
+    policy: Policy,
+    pool: TrainPool,
+    surrogate: Surrogate,
+    masks: np.ndarray,
+    n_prior_episodes: int,
+    spec: RegressionSpec,
+) -> np.ndarray:
+    """(len(masks),) surrogate of a proxy trained on each mask's prior episodes, `spec.chunk` at a time."""
+    rows = subset_rows(pool, n_prior_episodes, masks)
+    return ensemble_surrogates_on_subsets(
+        policy, pool, surrogate, rows, spec.proxy, spec.rng_seed, spec.chunk
+    )
+
+
+def datamodel_result(
+    masks: np.ndarray, values: np.ndarray, train_store: TrajectoryStore, model: str, timings: dict
+) -> EstimateResult:
+    """Fit eq. (datamodel) on (M, E) masks and (M,) surrogates; per-step scores as `run_regression`."""
+    with timed(timings, "fit"):
+        tau, intercept = fit_datamodel(masks, values, model)
+    scores = check_scores(spread_over_steps(tau, train_store), train_store.n_steps, "regression")
+    info = {"tau": tau, "intercept": intercept, "masks": masks, "surrogates": values}
+    return EstimateResult(scores, timings, info)
 
 
 @ESTIMATORS.register("regression")
@@ -56,17 +137,180 @@ def run_regression(
     The M proxies share initialization and seed (they differ only in data) and train `chunk` at a time
     as one vmapped ensemble.
     """
+    spec = RegressionSpec(
+        rng_seed, proxy or ProxyConfig(), n_models, alpha, model, chunk, include_target_train
+    )
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = proxy or ProxyConfig(), {}
-    masks = random_masks(train_store.n_episodes, n_models, alpha, np.random.default_rng([rng_seed, 7]))
+    masks, timings = spec.masks(train_store.n_episodes), {}
     with timed(timings, "train_models"):
-        rows = subset_rows(pool, train_store.n_episodes, masks)
-        values = ensemble_surrogates_on_subsets(policy, pool, surrogate, rows, cfg, rng_seed, chunk)
-    with timed(timings, "fit"):
-        tau, intercept = fit_datamodel(masks, values, model)
-    scores = check_scores(spread_over_steps(tau, train_store), train_store.n_steps, "regression")
-    info = {"tau": tau, "intercept": intercept, "masks": masks, "surrogates": values}
-    return EstimateResult(scores, timings, info)
+        values = train_surrogates(policy, pool, surrogate, masks, train_store.n_episodes, spec)
+    return datamodel_result(masks, values, train_store, model, timings)
 
 
 estimate_regression = scores_only(run_regression)
+
+
+# ------------------------------------------------------------------------------------- shards
+def store_digest(store: TrajectoryStore | None) -> str | None:
+    """16 hex digits of a store's episode ids, offsets and a strided sample of every array's rows."""
+    if store is None:
+        return None
+    digest = hashlib.sha256(json.dumps(list(store.episodes.episode_id)).encode())
+    digest.update(np.asarray(store.offsets).tobytes())
+    picks = np.unique(np.linspace(0, max(store.n_steps - 1, 0), 64).astype(np.int64))
+    for key in sorted(store.arrays):
+        array = store.arrays[key]
+        digest.update(f"{key}{array.shape}{array.dtype}".encode())
+        if store.n_steps:
+            digest.update(np.ascontiguousarray(array[picks]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    """JSON fallback: mappings as dicts, sequences (tuples, OmegaConf lists) as lists, else str."""
+    if hasattr(obj, "items"):
+        return dict(obj.items())
+    return list(obj) if hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)) else str(obj)
+
+
+def shard_settings(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    target_train_store: TrajectoryStore | None,
+    spec: RegressionSpec,
+    settings: dict | None = None,
+) -> dict:
+    """What every shard of one run must share: the spec (less the fit-only `model`), the policy, the data
+    and the caller's `settings` (e.g. the resolved policy config)."""
+    trained = {k: v for k, v in asdict(spec).items() if k != "model"}
+    tt = target_train_store if spec.include_target_train else None
+    data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
+    data["target_train"] = store_digest(tt)
+    return {"spec": trained, "policy": repr(policy), "data": data, "settings": settings or {}}
+
+
+def fingerprint(settings: dict) -> str:
+    """16 hex digits of `shard_settings`: shards of one run share it; gather refuses any other."""
+    text = json.dumps(settings, sort_keys=True, default=_plain)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def shard_path(shard_dir: str | Path, shard: int, n_shards: int) -> Path:
+    return Path(shard_dir) / f"shard-{shard:04d}-of-{n_shards:04d}.npz"
+
+
+def run_regression_shard(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    spec: RegressionSpec,
+    shard: int,
+    n_shards: int,
+    shard_dir: str | Path,
+    target_train_store: TrajectoryStore | None = None,
+    settings: dict | None = None,
+) -> Path:
+    """Train shard k of K's proxies; write their model indices, masks, surrogates and the run's
+    fingerprint to `shard_dir/shard-k-of-K.npz`, atomically (a killed job leaves no shard file)."""
+    models = spec.shard_models(shard, n_shards)
+    pool, surrogate = prepare(
+        policy, train_store, target_val_store, target_train_store, spec.include_target_train
+    )
+    meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
+    masks = spec.masks(train_store.n_episodes)[models]
+    start = time.perf_counter()
+    values = train_surrogates(policy, pool, surrogate, masks, train_store.n_episodes, spec)
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        fingerprint=np.array(fingerprint(meta)),
+        shard=np.array(shard),
+        n_shards=np.array(n_shards),
+        models=models,
+        masks=masks,
+        values=values,
+        train_s=np.array(time.perf_counter() - start),
+        settings=np.array(json.dumps(meta, sort_keys=True, default=_plain)),
+    )
+    return atomic_write_bytes(shard_path(shard_dir, shard, n_shards), buffer.getvalue())
+
+
+SHARD_KEYS = ("fingerprint", "shard", "n_shards", "models", "masks", "values", "train_s", "settings")
+
+
+def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a shard file, or None if it is not a whole shard file (cut short, foreign)."""
+    try:
+        with np.load(path) as saved:
+            return {name: saved[name] for name in SHARD_KEYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def load_shards(shard_dir: str | Path, n_shards: int, key: str) -> list[dict[str, np.ndarray]]:
+    """The K shard files of fingerprint `key`, or one DatamilError line naming the missing, unreadable
+    and mismatched shards and how to fix them."""
+    missing, unreadable, mismatched, shards = [], [], [], []
+    for k in range(n_shards):
+        path = shard_path(shard_dir, k, n_shards)
+        if not path.is_file():
+            missing.append(k)
+            continue
+        shard = _read_shard(path)
+        if shard is None:
+            unreadable.append(k)
+        elif str(shard["fingerprint"]) != key:
+            mismatched.append(k)
+        else:
+            shards.append(shard)
+    problems = []
+    if missing:
+        others = sorted({p.name.rsplit("-of-", 1)[-1][:-4] for p in Path(shard_dir).glob("shard-*-of-*.npz")})
+        other = [int(n) for n in others if n.isdigit() and int(n) != n_shards]
+        hint = f" (it holds shards of n_shards={', '.join(map(str, other))})" if other else ""
+        problems.append(
+            f"shards {_ids(missing)} of {n_shards} are missing in {shard_dir}{hint}; train them with the "
+            f"same settings (shard=<k> n_shards={n_shards}), then gather again"
+        )
+    if unreadable:
+        problems.append(f"shards {_ids(unreadable)} cannot be read; delete those files and train them again")
+    if mismatched:
+        problems.append(
+            f"shards {_ids(mismatched)} were made with other settings (data, policy, seed or estimator) than "
+            "this gather; train them again with this gather's settings, or gather with theirs"
+        )
+    if problems:
+        raise DatamilError("cannot gather the regression datamodel: " + "; ".join(problems))
+    return shards
+
+
+def _ids(indices: list[int]) -> str:
+    return ", ".join(map(str, indices))
+
+
+def gather_regression(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    spec: RegressionSpec,
+    n_shards: int,
+    shard_dir: str | Path,
+    target_train_store: TrajectoryStore | None = None,
+    settings: dict | None = None,
+) -> EstimateResult:
+    """`run_regression`'s result, from the K shard files of this exact run (checked complete and consistent)."""
+    meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
+    shards = load_shards(shard_dir, n_shards, fingerprint(meta))
+    masks = spec.masks(train_store.n_episodes)
+    values = np.full(spec.n_models, np.nan)
+    for k, shard in enumerate(shards):
+        models = spec.shard_models(k, n_shards)
+        if not (np.array_equal(shard["models"], models) and np.array_equal(shard["masks"], masks[models])):
+            raise DatamilError(
+                f"{shard_path(shard_dir, k, n_shards)} does not hold shard {k}'s models and subsets; "
+                "delete it and train that shard again"
+            )
+        values[models] = shard["values"]
+    timings = {"train_models": float(sum(float(s["train_s"]) for s in shards))}
+    return datamodel_result(masks, values, train_store, spec.model, timings)

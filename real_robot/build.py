@@ -8,6 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from datamil.data.schema import IMAGE_PREFIX, is_image_key
+from datamil.errors import DatamilError
+from real_robot.cameras import CameraSet
 from real_robot.control import LoopConfig
 from real_robot.recording import SessionInfo, SessionRecorder
 from real_robot.robot import Robot
@@ -42,6 +45,37 @@ def build_recorder(cfg: DictConfig, operator: str) -> SessionRecorder | None:
     for path in recorder.recovered:
         logging.getLogger(__name__).warning("recovered a crashed episode as %s", path)
     return recorder
+
+
+def match_cameras(robot: Robot, meta: dict) -> None:
+    """Make sure the robot gives the served policy the camera frames it reads, before `connect()`.
+
+    A SimArm without cameras renders the policy's own views (its `cameras` and image size); any other
+    robot must list them in `robot.cameras`, or this says which are missing in one line.
+    """
+    needed = [k for k in meta.get("obs_keys", []) if is_image_key(k)]
+    if not needed:
+        return
+    if hasattr(robot, "set_cameras") and not robot.camera_keys:
+        views = meta.get("cameras") or {}
+        if missing := [k for k in needed if k not in views]:
+            raise DatamilError(f"the policy reads {missing} but names no simulator camera for them; "
+                               "set robot.cameras={image_primary: corner}")  # fmt: skip
+        robot.set_cameras({k: views[k] for k in needed}, meta.get("image_sizes", {}).get(needed[0], (84, 84)))
+    provided = camera_keys(robot)
+    if provided is not None and (missing := [k for k in needed if k not in provided]):
+        names = [k[len(IMAGE_PREFIX) + 1 :] for k in missing]
+        fix = (f"add {missing[0]}: <MetaWorld camera> to robot.cameras" if hasattr(robot, "set_cameras")
+               else f"add cameras named {names} to robot.cameras in configs/robot/<arm>.yaml")  # fmt: skip
+        raise DatamilError(f"the policy reads camera frames {missing} but the robot gives {provided}; {fix}")
+
+
+def camera_keys(robot: Robot) -> list[str] | None:
+    """The image observation keys a robot provides; None when the driver does not say."""
+    if hasattr(robot, "camera_keys"):
+        return list(robot.camera_keys)
+    cameras = getattr(robot, "cameras", None)
+    return cameras.keys if isinstance(cameras, CameraSet) else None
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:

@@ -110,6 +110,11 @@ class CameraSet:
             Camera(c if isinstance(c, CameraConfig) else CameraConfig(**c)) for c in configs or []
         ]
 
+    @property
+    def keys(self) -> list[str]:
+        """Observation keys of the cameras, e.g. ["image_primary"]."""
+        return [camera.key for camera in self.cameras]
+
     def open(self) -> None:
         for camera in self.cameras:
             camera.open()

@@ -12,7 +12,7 @@ from datamil.errors import DatamilError
 
 @hydra.main(config_path="../configs", config_name="run", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from real_robot.build import build_loop, build_recorder, build_robot, build_safety
+    from real_robot.build import build_loop, build_recorder, build_robot, build_safety, match_cameras
     from real_robot.chunking import PolicySource
     from real_robot.client import PolicyClient
     from real_robot.keys import KeyEvents, install_stop
@@ -23,6 +23,11 @@ def main(cfg: DictConfig) -> None:
     client = PolicyClient(cfg.server.url, connect_timeout=safety.limits.watchdog_deadline_s * 5)
     if not client.connect(wait_s=cfg.server.connect_wait_s):
         raise SystemExit(f"error: no policy server at {cfg.server.url}; start python -m real_robot.serve")
+    try:
+        match_cameras(robot, client.meta)
+    except DatamilError as e:
+        client.close()
+        raise SystemExit(f"error: {e}") from None
     source = PolicySource(client, **cfg.execution)
     keys, stop = KeyEvents(cfg.key_input).start(), threading.Event()
     install_stop(stop, keys)

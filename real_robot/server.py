@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class ServedPolicy:
     n_action_steps: int
     obs_keys: list[str]
     device: str = "cpu"
+    image_sizes: dict[str, list[int]] = field(default_factory=dict)  # image key -> [H, W] the policy sees
+    cameras: dict[str, str] = field(default_factory=dict)  # image key -> simulator camera it was trained on
 
     def meta(self) -> dict:
         return {
@@ -58,6 +60,8 @@ class ServedPolicy:
             "horizon": self.horizon,
             "n_action_steps": self.n_action_steps,
             "obs_keys": self.obs_keys,
+            "image_sizes": self.image_sizes,
+            "cameras": self.cameras,
         }
 
     def infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,10 +71,9 @@ class ServedPolicy:
             raise DatamilError(f"observation lacks {missing}; the policy needs {self.obs_keys}")
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad():  # received arrays are read-only views of the message: torch wants its own
             batch = {
-                f"obs/{k}": torch.as_tensor(np.asarray(obs[k]), device=self.device)[None]
-                for k in self.obs_keys
+                f"obs/{k}": torch.from_numpy(np.array(obs[k])).to(self.device)[None] for k in self.obs_keys
             }
             actions = self.policy.predict(batch).float().cpu().numpy()
         return actions[0] if actions.ndim == 3 else actions.reshape(1, -1)
@@ -110,11 +113,19 @@ def load_served(path: str | Path, device: str = "cpu") -> ServedPolicy:
         task=loaded.task,
         checkpoint_id=checkpoint_id(path, loaded.step),
         action_dim=int(policy.init_kwargs["action_dim"]),
-        horizon=int(getattr(policy, "horizon", 1)),
+        horizon=int(getattr(policy, "horizon", None) or 1),  # image policies say None for single-step heads
         n_action_steps=int(getattr(policy, "n_action_steps", 1)),
         obs_keys=obs_keys,
         device=device,
+        image_sizes=_image_sizes(policy),
+        cameras={k: str(v) for k, v in (getattr(policy, "cameras", None) or {}).items()},
     )
+
+
+def _image_sizes(policy: Any) -> dict[str, list[int]]:
+    """[H, W] each camera is resized to inside an image policy (datamil.policies.vision); {} otherwise."""
+    encoder, keys = getattr(policy, "encoder", None), getattr(policy, "image_keys", ())
+    return {k: [int(n) for n in (encoder.image_size or encoder.shapes[k][:2])] for k in keys}
 
 
 async def _session(websocket: Any, served: ServedPolicy) -> None:

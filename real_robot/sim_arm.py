@@ -8,14 +8,25 @@ Action convention (MetaWorld's own, 4-d, each in [-1, 1]):
 Mapping to the common 7-d OXE convention of datamil/data/oxe.py ([dx, dy, dz, droll, dpitch, dyaw,
 gripper], gripper absolute in [0, 1], 1 = open): translation * 0.01 m, zero rotation, gripper = (1 - grip) / 2.
 `to_common` / `from_common` do it both ways.
+
+Cameras: `cameras={"image_primary": "corner"}` adds (H, W, 3) uint8 frames of those MetaWorld cameras
+(upright, `image_size`, sim_tasks' fast render flags) to every observation, as a real arm's cameras do.
+The env then runs in a worker process (real_robot.sim_worker): Mesa's EGL must never share a process
+with the TensorFlow that writes recordings. A frame is rendered in `observe()`, like a camera read, so
+the control loop's latency includes it (~20 ms at 84 x 84 on one idle CPU core). `render_samples=0`
+turns multisampling off: ~2.5x faster on Mesa's software renderer, but edges then differ (~2 grey
+levels on average) from the frames sim_tasks renders for training data.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from datamil.errors import DatamilError
 from real_robot.robot import EE_POSE, GRIPPER, STATE, SUCCESS, TIMESTAMP, ActionSpace, Observation
 
 METERS_PER_UNIT = 0.01  # MetaWorld's action_scale: mocap displacement per unit action per step
@@ -51,51 +62,78 @@ class SimArm:
     action_space = SIM_ACTION_SPACE
 
     def __init__(
-        self, task: str = "metaworld/reach", seed: int = 0, stream: int = 0, max_env_steps: int = 5000
+        self,
+        task: str = "metaworld/reach",
+        seed: int = 0,
+        stream: int = 0,
+        max_env_steps: int = 5000,
+        cameras: Mapping[str, str] | None = None,
+        image_size: Sequence[int] = (84, 84),
+        render_fast: bool = True,
+        render_samples: int | None = None,
     ) -> None:
         self.task, self.seed, self.stream, self.max_env_steps = task, seed, stream, max_env_steps
-        self._env = None
-        self._obs: np.ndarray | None = None
-        self._success = False
+        self.render_fast = bool(render_fast)
+        self.render_samples = None if render_samples is None else int(render_samples)
+        self._sim: Any = None  # real_robot.sim_worker.SimEnv here, or EnvProcess with cameras
+        self.cameras: Any = None  # sim_tasks.render.CameraConfig, or None: no image observations
+        self.set_cameras(cameras, image_size)
         self.episode = -1
 
+    @property
+    def camera_keys(self) -> list[str]:
+        """The image observation keys this arm provides, e.g. ["image_primary"]."""
+        return [] if self.cameras is None else self.cameras.keys
+
+    def set_cameras(self, cameras: Mapping[str, str] | None, image_size: Sequence[int] = (84, 84)) -> None:
+        """Choose the rendered views (observation key -> MetaWorld camera) before `connect()`."""
+        if self._sim is not None:
+            raise DatamilError("SimArm cameras are set before connect(); close() it first")
+        self.cameras = None
+        if cameras:
+            from sim_tasks.render import CameraConfig
+
+            self.cameras = CameraConfig.of(dict(cameras), tuple(image_size), self.render_fast)
+
     def connect(self) -> None:
-        """Build the env (MetaWorld imports here, like a vendor SDK would)."""
-        from sim_tasks import make_env
+        """Build the env (MetaWorld imports here, like a vendor SDK would); with cameras, in a worker."""
+        from real_robot.sim_worker import EnvProcess, SimEnv
 
-        if self._env is None:
-            self._env = make_env(self.task, self.seed, self.stream, max_steps=self.max_env_steps)
+        if self._sim is None:
+            make = SimEnv if self.cameras is None else EnvProcess
+            self._sim = make(self.task, self.seed, self.stream, self.max_env_steps, self.cameras,
+                             self.render_samples)  # fmt: skip
+            self.episode = -1
 
-    def _require_env(self):
-        if self._env is None:
-            from datamil.errors import DatamilError
-
+    def _require_sim(self) -> Any:
+        if self._sim is None:
             raise DatamilError("SimArm is not connected; call connect() first")
-        return self._env
+        return self._sim
 
     def home(self) -> Observation:
-        obs, info = self._require_env().reset()
-        self._obs, self._success, self.episode = obs, False, int(info["episode"])
+        self.episode = self._require_sim().reset()
         return self.observe()
 
     def observe(self) -> Observation:
-        if self._obs is None:
-            self.home()
-        state = np.asarray(self._obs, np.float32)
+        """The state, the success signal and, with cameras, frames rendered now (the camera read)."""
+        if self.episode < 0:
+            return self.home()
+        state, success, frames = self._require_sim().observe()
+        state = np.asarray(state, np.float32)
         return {
             STATE: state,
             EE_POSE: state[:3].astype(np.float64),
             GRIPPER: float(state[3]),
             TIMESTAMP: time.time(),
-            SUCCESS: self._success,
+            SUCCESS: success,
+            **frames,
         }
 
     def apply(self, action: np.ndarray) -> None:
-        obs, _, _, _, info = self._require_env().step(np.asarray(action, np.float64))
-        self._obs = obs
-        self._success = self._success or bool(info.get("success", 0.0))
+        """One env step; with cameras it is sent to the worker and this returns at once."""
+        self._require_sim().step(np.asarray(action, np.float64))
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        if self._sim is not None:
+            self._sim.close()
+            self._sim = None

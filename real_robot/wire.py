@@ -5,8 +5,10 @@ network peer sends), and any language with msgpack can talk to the server.
 
 Messages (every one a map with "type"):
     server -> client on connect  {"type": "meta", policy, checkpoint_id, task, action_dim, horizon,
-                                  n_action_steps, obs_keys}
+                                  n_action_steps, obs_keys, image_sizes {key: [H, W]},
+                                  cameras {key: simulator camera}}
     client -> server             {"type": "infer", "id": int, "obs": {key: array (no batch dim)}}
+                                 camera frames travel as raw (H, W, 3) uint8: 21 KB at 84 x 84
                                  {"type": "reset", "id": int, "seed": int}
     server -> client             {"type": "actions", "id": int, "actions": (H, A) float32, "infer_ms": float}
                                  {"type": "ok", "id": int} | {"type": "error", "id": int, "message": str}

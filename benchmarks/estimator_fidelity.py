@@ -56,7 +56,8 @@ def cost_split(policy, prior, target_val, proxy: ProxyConfig, repeats: int, reve
         rows.append((train_s, t["forward"], t["backward"], (t["forward"] + t["backward"]) / train_s))
     keys = ("train_s", "forward_s", "backward_s", "ratio")
     return {k: statistics.median(r[i] for r in rows) for i, k in enumerate(keys)} | {
-        "min_ratio": min(r[3] for r in rows)
+        "min_ratio": min(r[3] for r in rows),
+        "ratios": [round(r[3], 2) for r in rows],
     }
 
 
@@ -93,7 +94,7 @@ def main() -> None:
         c = cost_split(policy, prior, target_val, proxy, args.repeats, reverse)
         print(
             f"  reverse={reverse:<8} train {c['train_s']:.2f} s, metagrad forward {c['forward_s']:.2f} s + "
-            f"backward {c['backward_s']:.2f} s = {c['ratio']:.2f}x (min {c['min_ratio']:.2f}x)"
+            f"backward {c['backward_s']:.2f} s = {c['ratio']:.2f}x (min {c['min_ratio']:.2f}x; each {c['ratios']})"
         )
     if args.cost_only:
         return

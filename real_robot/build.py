@@ -50,7 +50,8 @@ def build_recorder(cfg: DictConfig, operator: str) -> SessionRecorder | None:
 def match_cameras(robot: Robot, meta: dict) -> None:
     """Make sure the robot gives the served policy the camera frames it reads, before `connect()`.
 
-    A SimArm without cameras renders the policy's own views (its `cameras` and image size); any other
+    A SimArm without cameras renders the policy's own views (its `cameras`, image size and rendering
+    settings); any other
     robot must list them in `robot.cameras`, or this says which are missing in one line.
     """
     needed = [k for k in meta.get("obs_keys", []) if is_image_key(k)]
@@ -61,7 +62,8 @@ def match_cameras(robot: Robot, meta: dict) -> None:
         if missing := [k for k in needed if k not in views]:
             raise DatamilError(f"the policy reads {missing} but names no simulator camera for them; "
                                "set robot.cameras={image_primary: corner}")  # fmt: skip
-        robot.set_cameras({k: views[k] for k in needed}, meta.get("image_sizes", {}).get(needed[0], (84, 84)))
+        size = meta.get("image_sizes", {}).get(needed[0], (84, 84))
+        robot.set_cameras({k: views[k] for k in needed}, size, meta.get("render"))
     provided = camera_keys(robot)
     if provided is not None and (missing := [k for k in needed if k not in provided]):
         names = [k[len(IMAGE_PREFIX) + 1 :] for k in missing]

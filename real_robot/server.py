@@ -49,6 +49,7 @@ class ServedPolicy:
     device: str = "cpu"
     image_sizes: dict[str, list[int]] = field(default_factory=dict)  # image key -> [H, W] the policy sees
     cameras: dict[str, str] = field(default_factory=dict)  # image key -> simulator camera it was trained on
+    render: dict[str, Any] = field(default_factory=dict)  # {"fast", "samples"} its training frames used
 
     def meta(self) -> dict:
         return {
@@ -62,6 +63,7 @@ class ServedPolicy:
             "obs_keys": self.obs_keys,
             "image_sizes": self.image_sizes,
             "cameras": self.cameras,
+            "render": self.render,
         }
 
     def infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -119,6 +121,7 @@ def load_served(path: str | Path, device: str = "cpu") -> ServedPolicy:
         device=device,
         image_sizes=_image_sizes(policy),
         cameras={k: str(v) for k, v in (getattr(policy, "cameras", None) or {}).items()},
+        render=dict(getattr(policy, "render", None) or {}),
     )
 
 

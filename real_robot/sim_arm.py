@@ -13,9 +13,9 @@ Cameras: `cameras={"image_primary": "corner"}` adds (H, W, 3) uint8 frames of th
 (upright, `image_size`, sim_tasks' fast render flags) to every observation, as a real arm's cameras do.
 The env then runs in a worker process (real_robot.sim_worker): Mesa's EGL must never share a process
 with the TensorFlow that writes recordings. A frame is rendered in `observe()`, like a camera read, so
-the control loop's latency includes it (~20 ms at 84 x 84 on one idle CPU core). `render_samples=0`
-turns multisampling off: ~2.5x faster on Mesa's software renderer, but edges then differ (~2 grey
-levels on average) from the frames sim_tasks renders for training data.
+the control loop's latency includes it. `render_fast` / `render_samples` (scene flags, multisampling)
+default to what generated image data uses; `run` takes them from the served policy, so SimArm renders
+the frames the policy was trained on.
 """
 
 from __future__ import annotations
@@ -70,11 +70,11 @@ class SimArm:
         cameras: Mapping[str, str] | None = None,
         image_size: Sequence[int] = (84, 84),
         render_fast: bool = True,
-        render_samples: int | None = None,
+        render_samples: int = 0,
     ) -> None:
         self.task, self.seed, self.stream, self.max_env_steps = task, seed, stream, max_env_steps
         self.render_fast = bool(render_fast)
-        self.render_samples = None if render_samples is None else int(render_samples)
+        self.render_samples = int(render_samples)
         self._sim: Any = None  # real_robot.sim_worker.SimEnv here, or EnvProcess with cameras
         self.cameras: Any = None  # sim_tasks.render.CameraConfig, or None: no image observations
         self.set_cameras(cameras, image_size)
@@ -85,15 +85,28 @@ class SimArm:
         """The image observation keys this arm provides, e.g. ["image_primary"]."""
         return [] if self.cameras is None else self.cameras.keys
 
-    def set_cameras(self, cameras: Mapping[str, str] | None, image_size: Sequence[int] = (84, 84)) -> None:
-        """Choose the rendered views (observation key -> MetaWorld camera) before `connect()`."""
+    def set_cameras(
+        self,
+        cameras: Mapping[str, str] | None,
+        image_size: Sequence[int] = (84, 84),
+        render: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Choose the rendered views (observation key -> MetaWorld camera) before `connect()`.
+
+        render: {"fast", "samples"} overrides (a served image policy's own rendering settings).
+        """
         if self._sim is not None:
             raise DatamilError("SimArm cameras are set before connect(); close() it first")
+        render = dict(render or {})
+        self.render_fast = bool(render.get("fast", self.render_fast))
+        self.render_samples = int(render.get("samples", self.render_samples))
         self.cameras = None
         if cameras:
             from sim_tasks.render import CameraConfig
 
-            self.cameras = CameraConfig.of(dict(cameras), tuple(image_size), self.render_fast)
+            self.cameras = CameraConfig.of(
+                dict(cameras), tuple(image_size), self.render_fast, self.render_samples
+            )
 
     def connect(self) -> None:
         """Build the env (MetaWorld imports here, like a vendor SDK would); with cameras, in a worker."""
@@ -101,8 +114,7 @@ class SimArm:
 
         if self._sim is None:
             make = SimEnv if self.cameras is None else EnvProcess
-            self._sim = make(self.task, self.seed, self.stream, self.max_env_steps, self.cameras,
-                             self.render_samples)  # fmt: skip
+            self._sim = make(self.task, self.seed, self.stream, self.max_env_steps, self.cameras)
             self.episode = -1
 
     def _require_sim(self) -> Any:

@@ -30,10 +30,7 @@ Reading = tuple[np.ndarray, bool, dict[str, np.ndarray]]  # state (39,), success
 
 
 class SimEnv:
-    """The env behind SimArm in this process; `cameras` (sim_tasks.render.CameraConfig) adds frames.
-
-    samples: multisampling of the offscreen buffer; None keeps the model's (4, as sim_tasks renders).
-    """
+    """The env behind SimArm in this process; `cameras` (sim_tasks.render.CameraConfig) adds frames."""
 
     def __init__(
         self,
@@ -42,7 +39,6 @@ class SimEnv:
         stream: int,
         max_steps: int,
         cameras: Any = None,
-        samples: int | None = None,
     ) -> None:
         from sim_tasks import make_env
 
@@ -51,8 +47,6 @@ class SimEnv:
         if cameras is not None:
             from sim_tasks.render import EnvFrames
 
-            if samples is not None:  # read when the GL context is made, so set it first
-                self.env.unwrapped.model.vis.quality.offsamples = int(samples)
             self.renderer = EnvFrames(self.env, cameras)
         self._state: np.ndarray | None = None
         self._success = False
@@ -112,15 +106,13 @@ def _serve(conn: Connection) -> None:
 class EnvProcess:
     """A SimEnv in `python -m real_robot.sim_worker`, with the same calls."""
 
-    def __init__(
-        self, task: str, seed: int, stream: int, max_steps: int, cameras: Any, samples: int | None = None
-    ) -> None:
+    def __init__(self, task: str, seed: int, stream: int, max_steps: int, cameras: Any) -> None:
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "real_robot.sim_worker", str(theirs.fileno())]
         self._process = subprocess.Popen(command, pass_fds=[theirs.fileno()])
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._send((task, seed, stream, max_steps, cameras, samples))
+        self._send((task, seed, stream, max_steps, cameras))
         self._receive()
 
     def _died(self) -> DatamilError:

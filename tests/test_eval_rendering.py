@@ -17,7 +17,7 @@ from datamil.policies import POLICIES
 from datamil.policies.vision import VisionPolicy
 from sim_tasks import rollout
 from sim_tasks.render import FrameRenderer
-from sim_tasks.rollout import cores_left_to_workers, evaluate_policy, usable_cores
+from sim_tasks.rollout import cores_left_to_workers, evaluate_policy, policy_cameras, usable_cores
 
 pytestmark = pytest.mark.sim
 
@@ -113,6 +113,7 @@ def test_image_policy_gets_its_own_views_and_torch_leaves_cores_to_the_workers(t
         "cameras": {"image_primary": "corner"},
         "size": [SIZE, SIZE],
         "fast": True,
+        "samples": 0,
     }
     assert len(seen) == 3  # one batched call per step for both envs
     for obs, inside in seen:
@@ -129,3 +130,17 @@ def test_thread_cap_leaves_in_process_evaluation_alone() -> None:
     with cores_left_to_workers(10_000):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
+
+
+def test_evaluation_renders_as_the_training_data_was_rendered() -> None:
+    """The policy keeps the data's scene flags and multisampling, so evaluation frames look alike."""
+    policy = VisionPolicy(
+        39,
+        4,
+        image_keys=("image_primary",),
+        cameras={"image_primary": "corner"},
+        render={"fast": False, "samples": 4},
+        **TINY_IMAGE,
+    )
+    config = policy_cameras(policy.act)
+    assert (config.fast, config.samples, config.keys) == (False, 4, ["image_primary"])

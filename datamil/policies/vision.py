@@ -239,6 +239,7 @@ class VisionPolicy(Policy):
         aug_seed: int = 0,
         cameras: Mapping[str, str] | None = None,
         state_stats: NormStats | None = None,
+        render: Mapping[str, Any] | None = None,
         **head_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -254,12 +255,14 @@ class VisionPolicy(Policy):
             self.encoder.out_dim, action_dim, **head_kwargs
         )
         self.cameras = dict(cameras or {})
+        self.render = {"fast": True, "samples": 0, **dict(render or {})}
         self.image_keys = tuple(shapes)
         keys = [OBS_PREFIX + k for k in self.image_keys] + ([OBS_STATE_KEY] if state_dim else [])
         self.batch_keys = (*keys, ACTION)
 
     def camera_config(self) -> dict[str, Any] | None:
-        """What evaluation must render: {"cameras": {key: camera}, "size": (H, W) of the training data}.
+        """What evaluation must render: {"cameras": {key: camera}, "size": (H, W) of the training data,
+        "fast" / "samples": the scene flags and multisampling the data was rendered with}.
 
         None when the policy reads no image. A camera missing for a key it reads fails on one line.
         """
@@ -272,7 +275,13 @@ class VisionPolicy(Policy):
                 "set policy.cameras: {image_primary: corner} (the data config's cameras)"
             )
         size = self.encoder.shapes[self.image_keys[0]][:2]
-        return {"cameras": {k: self.cameras[k] for k in self.image_keys}, "size": size}
+        cameras = {k: self.cameras[k] for k in self.image_keys}
+        return {
+            "cameras": cameras,
+            "size": size,
+            "fast": bool(self.render["fast"]),
+            "samples": int(self.render["samples"]),
+        }
 
     def check_data(self, stores: Mapping[str, Any]) -> None:
         """One-line DataError unless every named store has what the policy reads, at a usable size.

@@ -91,7 +91,7 @@ def autograd_step(
 def func_step(
     policy: Policy, pool: TrainPool, cfg: ProxyConfig, rows: Tensor, t: int, z: tuple[Params, OptState]
 ) -> tuple[tuple[Params, OptState], Pullback]:
-    """The same step under torch.func.vjp: identical numbers, ~20% slower on CPU (functorch dispatch)."""
+    """The same step under torch.func.vjp: identical numbers, slower per step on CPU (functorch dispatch)."""
     ones = torch.ones(cfg.batch_size, dtype=next(iter(z[0].values())).dtype)
     return torch.func.vjp(step_fn(policy, pool, cfg, rows, t), *z, ones)
 

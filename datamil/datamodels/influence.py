@@ -7,8 +7,9 @@ preconditioner 1 / sqrt(v_hat + eps^2), or I); sample i is drawn about B / N tim
     scores[i] = - sum_j (eta_j / N) < grad loss_i(theta_j), P_j grad S(theta_j) >,              (tracin)
 
 with checkpoints theta_j at the start of n equal intervals and eta_j the summed learning rate of
-interval j. Per-sample gradients come from vmap(grad); with `projection_dim` both sides are projected
-by one seeded Gaussian matrix R (P_total, d), E[R R^T] = I, before the inner product.
+interval j. The inner products are forward-mode directional derivatives of the per-sample losses; with
+`projection_dim`, per-sample gradients (vmap(grad)) and the direction are both projected by one seeded
+Gaussian matrix R (P_total, d), E[R R^T] = I, before the inner product.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, initial_state, run_steps
-from datamil.datamodels.surrogate import Surrogate, TrainPool, take
+from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy
 from datamil.training import OptState, lr_at
 
@@ -28,6 +29,12 @@ from datamil.training import OptState, lr_at
 def _flat(tree: Params, batch_dims: int = 0) -> Tensor:
     """Concatenate a param dict into one vector (P_total,), or (C, P_total) with one batch dim."""
     return torch.cat([v.reshape(*v.shape[:batch_dims], -1) for v in tree.values()], dim=-1)
+
+
+def _unflat(vector: Tensor, like: Params) -> Params:
+    """Inverse of `_flat` for one vector, shaped like `like`."""
+    sizes = [v.numel() for v in like.values()]
+    return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
 
 
 def preconditioned_direction(
@@ -60,13 +67,18 @@ def projection(n_params: int, dim: int, seed: int, dtype: torch.dtype) -> Tensor
 def checkpoint_dots(
     policy: Policy, pool: TrainPool, params: Params, direction: Tensor, chunk_size: int, proj: Tensor | None
 ) -> Tensor:
-    """(n_scored,) <grad loss_i(params), direction> over every prior row (projected when proj is given)."""
-    target = direction if proj is None else direction @ proj
+    """(n_scored,) <grad loss_i(params), direction> over every prior row (projected when proj is given).
+
+    Unprojected, the inner products are forward-mode directional derivatives (no per-sample gradients).
+    """
+    if proj is None:
+        return loss_directional_derivatives(policy, pool, params, _unflat(direction, params), 8 * chunk_size)
+    target = direction @ proj
     out = torch.zeros(pool.n_scored, dtype=torch.float64)
     for lo in range(0, pool.n_scored, chunk_size):
         rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored))
         grads = per_sample_grads(policy, params, take(pool.data, rows))
-        out[rows] = ((grads if proj is None else grads @ proj) @ target).double()
+        out[rows] = (grads @ proj @ target).double()
     return out
 
 

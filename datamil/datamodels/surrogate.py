@@ -75,6 +75,23 @@ class TrainPool:
         return np.flatnonzero(np.isin(self.episode, episodes))
 
 
+def loss_directional_derivatives(
+    policy: Policy, pool: TrainPool, params: Params, direction: Params, chunk_size: int = 2048
+) -> Tensor:
+    """(n_scored,) float64 <grad loss_i(params), direction> of every prior row, one JVP per chunk.
+
+    Forward mode gives every sample's directional derivative at the cost of about one forward pass,
+    with no per-sample gradient ever materialized.
+    """
+    out = torch.zeros(pool.n_scored, dtype=torch.float64)
+    for lo in range(0, pool.n_scored, chunk_size):
+        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored))
+        chunk = take(pool.data, rows)
+        _, tangent = torch.func.jvp(lambda p, c=chunk: policy.per_sample_loss(p, c), (params,), (direction,))
+        out[rows] = tangent.detach().double()
+    return out
+
+
 def _store_arrays(store: TrajectoryStore, policy: Policy) -> dict[str, np.ndarray]:
     """Every step of `store` with the arrays a batch of `policy` needs (its batch_keys + extras)."""
     ids = np.arange(store.n_steps)

@@ -31,7 +31,7 @@ from datamil.datamodels.proxy import (
     run_steps,
     subset_rows,
 )
-from datamil.datamodels.surrogate import Surrogate, TrainPool, take
+from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy
 from datamil.training import OptState, adamw_step, weighted_loss
 
@@ -58,19 +58,6 @@ def _special_step(
     return torch.func.vjp(step, {k: torch.zeros_like(p) for k, p in params.items()})
 
 
-def candidate_dots(
-    policy: Policy, pool: TrainPool, params: Params, direction: Params, batch_size: int, chunk_size: int
-) -> Tensor:
-    """(n_scored,) <grad loss_i(params), direction> / B for every prior row, one JVP per candidate chunk."""
-    out = torch.zeros(pool.n_scored, dtype=torch.float64)
-    for lo in range(0, pool.n_scored, chunk_size):
-        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored))
-        chunk = take(pool.data, rows)
-        _, tangent = torch.func.jvp(lambda p, c=chunk: policy.per_sample_loss(p, c), (params,), (direction,))
-        out[rows] = tangent.detach().double() / batch_size
-    return out
-
-
 def truncated_scores(
     policy: Policy,
     pool: TrainPool,
@@ -91,7 +78,7 @@ def truncated_scores(
     state_zero = {k: {n: torch.zeros_like(p) for n, p in d.items()} for k, d in z[1].items()}
     adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), None, pool.n_scored)
     (g_bar,) = special_vjp(adjoint)
-    return candidate_dots(policy, pool, theta_star, g_bar, cfg.batch_size, chunk_size)
+    return loss_directional_derivatives(policy, pool, theta_star, g_bar, chunk_size) / cfg.batch_size
 
 
 @ESTIMATORS.register("truncated")

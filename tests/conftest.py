@@ -8,21 +8,19 @@ import pytest
 
 TINY_TASK = "metaworld/reach"
 TINY_PRIOR_TASKS = ["metaworld/reach", "metaworld/push", "metaworld/button-press"]
+TINY_DATA_SETTINGS = dict(
+    episodes_per_task=4, max_steps=60, n_target_demos=5, n_target_val=2, target_max_steps=150, workers=1
+)
+# The same tiny data as Hydra overrides, for tests that run an entry point.
+TINY_DATA = [f"data.prior_tasks=[{','.join(TINY_PRIOR_TASKS)}]"] + [
+    f"data.{k}={v}" for k, v in TINY_DATA_SETTINGS.items()
+]
 
 
 def tiny_source(cache_dir: str, **overrides):
     from datamil.data.sources import MetaWorldSource
 
-    settings = dict(
-        prior_tasks=TINY_PRIOR_TASKS,
-        episodes_per_task=4,
-        max_steps=60,
-        n_target_demos=5,
-        n_target_val=2,
-        target_max_steps=150,
-        workers=1,
-        cache_dir=cache_dir,
-    )
+    settings = dict(prior_tasks=TINY_PRIOR_TASKS, cache_dir=cache_dir, **TINY_DATA_SETTINGS)
     return MetaWorldSource(**{**settings, **overrides})
 
 

@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from conftest import TINY_PRIOR_TASKS, TINY_TASK
+from conftest import TINY_DATA, TINY_TASK
 
 from datamil.cotraining import build_mixture
 from datamil.datamodels.metagrad import estimate_metagrad
@@ -18,16 +18,6 @@ from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
 from datamil.selecting import run_selection
 from datamil.selection import SelectionConfig, read_selection
-
-TINY_DATA = [
-    f"data.prior_tasks=[{','.join(TINY_PRIOR_TASKS)}]",
-    "data.episodes_per_task=4",
-    "data.max_steps=60",
-    "data.n_target_demos=5",
-    "data.n_target_val=2",
-    "data.target_max_steps=150",
-    "data.workers=1",
-]
 
 
 def cli(module: str, *overrides: str, env: dict, run_dir) -> subprocess.CompletedProcess:

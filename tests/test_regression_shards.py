@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import TINY_PRIOR_TASKS, TINY_TASK
+from conftest import TINY_DATA, TINY_TASK
 
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.datamodels.regression import (
@@ -128,13 +128,7 @@ def test_a_shard_file_is_never_half_written(data, tmp_path, monkeypatch):
 
 
 TINY = [
-    f"data.prior_tasks=[{','.join(TINY_PRIOR_TASKS)}]",
-    "data.episodes_per_task=4",
-    "data.max_steps=60",
-    "data.n_target_demos=5",
-    "data.n_target_val=2",
-    "data.target_max_steps=150",
-    "data.workers=1",
+    *TINY_DATA,
     "policy.hidden=[16,16]",
     "estimator.n_models=6",
     "estimator.chunk=2",

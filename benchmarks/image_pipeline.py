@@ -3,6 +3,7 @@
     python benchmarks/image_pipeline.py table     # one table: render fps, decode+augment rate, train
                                                   # step rate vs bare, estimator modes (cost, memory, LDS)
     python benchmarks/image_pipeline.py success   # image BC co-trained on target + whole prior, 2 targets
+    python benchmarks/image_pipeline.py success --selection frozen end_to_end   # ... + each mode's selection
 
 Data is the `data=metaworld_image` config (generated and cached under $DATAMIL_CACHE on first use).
 Numbers depend on the machine's load: run on an otherwise idle machine for timings you quote.
@@ -51,16 +52,39 @@ def image_policy_factory(**overrides):
 
 
 # ------------------------------------------------------------------------------------------- success
+def select_prior(data: TaskData, mode: str, args: argparse.Namespace) -> tuple[list[str], float]:
+    """(episode ids, seconds): the top `budget` of prior trajectories by the image estimator in `mode`."""
+    from datamil.datamodels.proxy import ProxyConfig, smooth_optim
+    from datamil.selection.aggregate import per_trajectory
+    from datamil.selection.strategies import top_k
+
+    proxy = ProxyConfig(optim=smooth_optim(), batch_size=args.proxy_batch).with_steps(args.proxy_steps)
+    cache = str(Path(args.cache or "/tmp") / f"image_features_success_{time.time_ns()}")
+    out = _estimate(mode, data.prior, data.target_val, data.target_train, proxy, args.fit_steps, cache)
+    keep = top_k(per_trajectory(out["scores"], data.prior), args.budget)
+    return [data.prior.episodes.episode_id[i] for i in keep], out["wall_s"]
+
+
 def cotrain_and_evaluate(
-    task: str, steps: int, batch: int, seed: int, episodes: int, max_steps: int, image_size: int
+    task: str,
+    steps: int,
+    batch: int,
+    seed: int,
+    episodes: int,
+    max_steps: int,
+    image_size: int,
+    selection: str = "all",
+    args: argparse.Namespace | None = None,
 ) -> dict:
-    """Image BC on target-train + the whole prior (1:1 batches), then seeded rollouts rendered alike."""
+    """Image BC on target-train + the prior (all of it, or one estimator mode's selection; 1:1 batches),
+    then seeded rollouts rendered alike."""
     from sim_tasks.rollout import evaluate_policy
 
     data = load_data(task)
-    mixture = build_mixture(
-        data.target_train, data.prior, data.prior.episodes.episode_id, 1.0, 1.0, batch, seed
-    )
+    chosen, select_s = list(data.prior.episodes.episode_id), 0.0
+    if selection != "all":
+        chosen, select_s = select_prior(data, selection, args)
+    mixture = build_mixture(data.target_train, data.prior, chosen, 1.0, 1.0, batch, seed)
     policy = build_policy(image_policy_factory(image_size=(image_size, image_size)), mixture.store)
     optim = OptimConfig(lr=1e-3, total_steps=steps, warmup_steps=min(200, steps // 10))
     start = time.perf_counter()
@@ -72,6 +96,9 @@ def cotrain_and_evaluate(
     low, high = evaluation.interval
     return {
         "task": task,
+        "selection": selection,
+        "n_selected": len(chosen),
+        "select_s": select_s,
         "success": evaluation.success_rate,
         "ci95": [low, high],
         "episodes": episodes,
@@ -90,16 +117,20 @@ def cotrain_and_evaluate(
 def success(args: argparse.Namespace) -> None:
     rows = [
         cotrain_and_evaluate(
-            t, args.steps, args.batch, args.seed, args.episodes, args.max_steps, args.image_size
+            t, args.steps, args.batch, args.seed, args.episodes, args.max_steps, args.image_size, sel, args
         )
         for t in args.tasks
+        for sel in args.selection
     ]
-    print("| target | success | 95% CI | episodes | train steps x batch | final loss | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| target | prior data | success | 95% CI | episodes | train steps x batch | final loss | select s | train s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['task']} | {r['success']:.0%} | [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] | {r['episodes']} "
-            f"(seed {r['eval_seed']}) | {r['steps']} x {r['batch']} | {r['final_loss']:.3f} | {r['train_s']:.0f} |"
+            f"| {r['task']} | {r['selection']} ({r['n_selected']}) | {r['success']:.0%} | "
+            f"[{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] | {r['episodes']} (seed {r['eval_seed']}) | "
+            f"{r['steps']} x {r['batch']} | {r['final_loss']:.3f} | {r['select_s']:.0f} | {r['train_s']:.0f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
@@ -276,6 +307,13 @@ def main() -> None:
     s.add_argument("--max-steps", type=int, default=200)
     s.add_argument("--image-size", type=int, default=84, help="policy input size (frames are resized)")
     s.add_argument("--out", default=None)
+    s.add_argument("--selection", nargs="+", default=["all"], choices=["all", "frozen", "end_to_end"],
+                   help="prior data: all of it, or the top --budget by the image estimator in that mode")  # fmt: skip
+    s.add_argument("--budget", type=float, default=0.1, help="fraction of prior trajectories selected")
+    s.add_argument("--proxy-steps", type=int, default=100)
+    s.add_argument("--proxy-batch", type=int, default=32)
+    s.add_argument("--fit-steps", type=int, default=1000, help="frozen mode: encoder BC steps")
+    s.add_argument("--cache", default=None)
     t = sub.add_parser("table", help="the speed / memory / LDS table")
     t.add_argument("--task", default=TARGETS[0])
     t.add_argument("--frames", type=int, default=100)

@@ -182,7 +182,12 @@ def test_image_only_policy_and_act(stores) -> None:
     assert policy.batch_keys == ("obs/image_primary", "action") and policy.encoder.state_dim == 0
     actions = policy.act(init_params(policy, 0), {"image_primary": store.arrays["obs/image_primary"][:3]})
     assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1)
-    assert policy.camera_config() == {"cameras": {"image_primary": "corner"}, "size": (SIZE, SIZE)}
+    assert policy.camera_config() == {
+        "cameras": {"image_primary": "corner"},
+        "size": (SIZE, SIZE),
+        "fast": True,
+        "samples": 0,
+    }
     chunked = tiny_policy(store, DiffusionImagePolicy, horizon=4, n_action_steps=2)
     out = chunked.act(None, {"image_primary": store.arrays["obs/image_primary"][:2]})
     assert out.shape == (2, 4, 2) and chunked.n_action_steps == 2

@@ -146,7 +146,7 @@ def warn_if_sparse(cfg: ProxyConfig, pool: TrainPool) -> None:
 
     dS/dw_i is exactly 0 for a sample the run never draws, so with a large prior and a short run most
     scores are 0 and trajectory sums rest on a few drawn steps (on the 8,250-trajectory prior a
-    400 x 256 run draws 0.1 samples per pool row, and the LDS fell from 0.95 to 0.33).
+    400 x 256 run draws 0.1 samples per pool row: LDS 0.33, against 0.95 on the 192-trajectory default).
     """
     draws = cfg.steps * cfg.batch_size
     if draws < pool.size:

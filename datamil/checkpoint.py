@@ -8,7 +8,6 @@ needs no knowledge of how it was trained; loading it as another type fails with 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +18,12 @@ import torch
 
 from datamil.data.normalization import NormStats
 from datamil.errors import DatamilError
-from datamil.io import atomic_write_bytes
+from datamil.io import atomic_torch_save
 
 FORMAT = "datamil-policy-checkpoint"
 VERSION = 1
 TRAIN_STATE_FILE = "train_state.pt"
 _NORMSTATS_TAG = "__normstats__"
-
-
-def _atomic_torch_save(path: Path, obj: Any) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _encode(value: Any) -> Any:
@@ -92,7 +85,7 @@ def save_policy(
         "train_config": _encode(train_config or {}),
         "step": int(step),
     }
-    return _atomic_torch_save(Path(path), payload)
+    return atomic_torch_save(Path(path), payload)
 
 
 @dataclass
@@ -130,7 +123,7 @@ def load_policy(path: str | Path, expected: str | None = None) -> LoadedPolicy:
 
 def save_train_state(directory: str | Path, state: dict) -> Path:
     """Save a resumable training state (params, optimizer moments, step, losses) into `directory`."""
-    return _atomic_torch_save(Path(directory) / TRAIN_STATE_FILE, state)
+    return atomic_torch_save(Path(directory) / TRAIN_STATE_FILE, state)
 
 
 def load_train_state(directory: str | Path) -> dict | None:

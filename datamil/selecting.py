@@ -8,7 +8,6 @@ refuses to mix scores made with different settings.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from datamil.cotraining import PolicyFactory, build_policy
 from datamil.data.sources import TaskData
 from datamil.errors import DatamilError
-from datamil.io import atomic_write_bytes
+from datamil.io import atomic_write_npz
 from datamil.report import write_selection_report
 from datamil.selection import Selection, per_trajectory, write_selection
 from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
@@ -54,9 +53,7 @@ def seed_scores(
         estimate(policy, data.prior, data.target_val, rng_seed=seed, target_train_store=data.target_train),
         np.float64,
     )
-    buffer = io.BytesIO()
-    np.savez(buffer, scores=scores, fingerprint=np.array(key))
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_npz(path, scores=scores, fingerprint=np.array(key))
     return scores
 
 

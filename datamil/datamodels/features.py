@@ -16,7 +16,6 @@ dependence on the data (measured against end_to_end in benchmarks/image_pipeline
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from datamil.datamodels.proxy import ProxyConfig
 from datamil.datamodels.surrogate import Surrogate
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
-from datamil.io import atomic_dir, atomic_write_bytes
+from datamil.io import atomic_dir, atomic_torch_save
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
 from datamil.policies.vision import OBS_PREFIX, conform_store
 from datamil.training import OptimConfig, train
@@ -183,9 +182,7 @@ def _fitted_params(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig
     if path.is_file():
         return torch.load(path, weights_only=True)
     params = fit_encoder(policy, stores, fit)
-    buffer = io.BytesIO()
-    torch.save(params, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, params)
     return params
 
 

@@ -16,7 +16,6 @@ shard trains whole chunks, so K shards reproduce the single-process `run_regress
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 import zipfile
@@ -32,7 +31,7 @@ from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, pr
 from datamil.datamodels.proxy import ProxyConfig, ensemble_surrogates_on_subsets, random_masks, subset_rows
 from datamil.datamodels.surrogate import Surrogate, TrainPool
 from datamil.errors import DatamilError
-from datamil.io import atomic_write_bytes
+from datamil.io import atomic_write_npz
 from datamil.policies.base import Policy
 
 
@@ -221,9 +220,8 @@ def run_regression_shard(
     masks = spec.masks(train_store.n_episodes)[models]
     start = time.perf_counter()
     values = train_surrogates(policy, pool, surrogate, masks, train_store.n_episodes, spec)
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
+    return atomic_write_npz(
+        shard_path(shard_dir, shard, n_shards),
         fingerprint=np.array(fingerprint(meta)),
         shard=np.array(shard),
         n_shards=np.array(n_shards),
@@ -233,7 +231,6 @@ def run_regression_shard(
         train_s=np.array(time.perf_counter() - start),
         settings=np.array(json.dumps(meta, sort_keys=True, default=_plain)),
     )
-    return atomic_write_bytes(shard_path(shard_dir, shard, n_shards), buffer.getvalue())
 
 
 SHARD_KEYS = ("fingerprint", "shard", "n_shards", "models", "masks", "values", "train_s", "settings")

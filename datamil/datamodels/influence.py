@@ -22,19 +22,8 @@ from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, initial_state, run_steps
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
-from datamil.policies.base import Params, Policy
+from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.training import OptState, lr_at
-
-
-def _flat(tree: Params, batch_dims: int = 0) -> Tensor:
-    """Concatenate a param dict into one vector (P_total,), or (C, P_total) with one batch dim."""
-    return torch.cat([v.reshape(*v.shape[:batch_dims], -1) for v in tree.values()], dim=-1)
-
-
-def _unflat(vector: Tensor, like: Params) -> Params:
-    """Inverse of `_flat` for one vector, shaped like `like`."""
-    sizes = [v.numel() for v in like.values()]
-    return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
 
 
 def preconditioned_direction(
@@ -45,7 +34,7 @@ def preconditioned_direction(
     if precondition and step > 0:
         b2, eps = cfg.optim.betas[1], cfg.optim.eps
         grad = {k: g / torch.sqrt(state["v"][k] / (1.0 - b2**step) + eps**2) for k, g in grad.items()}
-    return _flat(grad).detach()
+    return flatten_params(grad).detach()
 
 
 def per_sample_grads(policy: Policy, params: Params, chunk: dict[str, Tensor]) -> Tensor:
@@ -55,7 +44,7 @@ def per_sample_grads(policy: Policy, params: Params, chunk: dict[str, Tensor]) -
         return policy.per_sample_loss(p, {k: v.unsqueeze(0) for k, v in sample.items()})[0]
 
     grads = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0))(params, chunk)
-    return _flat(grads, batch_dims=1).detach()
+    return flatten_params(grads, batch_dims=1).detach()
 
 
 def projection(n_params: int, dim: int, seed: int, dtype: torch.dtype) -> Tensor:
@@ -72,7 +61,7 @@ def checkpoint_dots(
     Unprojected, the inner products are forward-mode directional derivatives (no per-sample gradients).
     """
     if proj is None:
-        return loss_directional_derivatives(policy, pool, params, _unflat(direction, params), 8 * chunk_size)
+        return loss_directional_derivatives(policy, pool, params, unflatten_params(direction, params))
     target = direction @ proj
     out = torch.zeros(pool.n_scored, dtype=torch.float64)
     for lo in range(0, pool.n_scored, chunk_size):

@@ -32,7 +32,7 @@ from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, pr
 from datamil.datamodels.proxy import ProxyConfig, batch_rows, initial_state, run_steps, step_fn
 from datamil.datamodels.surrogate import Surrogate, TrainPool, take
 from datamil.errors import DatamilError
-from datamil.policies.base import Params, Policy
+from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.training import OptState, adamw_step, weighted_loss
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,12 @@ def autograd_step(
     its reverse are a handful of large elementwise ops instead of a few per parameter tensor.
     """
     params, state = z
-    sizes = [p.numel() for p in params.values()]
 
     def flat(tree: Params) -> Tensor:
-        return torch.cat([tree[k].reshape(-1) for k in params])
+        return flatten_params(tree, like=params)
 
     def split(vector: Tensor) -> Params:
-        return {k: x.view_as(params[k]) for k, x in zip(params, vector.split(sizes), strict=True)}
+        return unflatten_params(vector, params)
 
     theta = flat(params).requires_grad_()
     moments = {name: {"flat": flat(m).requires_grad_()} for name, m in state.items()}

@@ -29,6 +29,19 @@ OBS_STATE_KEY = "obs/state"
 Batch = dict[str, Tensor]
 Params = dict[str, Tensor]
 
+
+def flatten_params(tree: Params, like: Params | None = None, batch_dims: int = 0) -> Tensor:
+    """One vector (P_total,), or (C, P_total) with one leading batch dim, in `like`'s key order."""
+    keys = like if like is not None else tree
+    return torch.cat([tree[k].reshape(*tree[k].shape[:batch_dims], -1) for k in keys], dim=-1)
+
+
+def unflatten_params(vector: Tensor, like: Params) -> Params:
+    """Inverse of `flatten_params` for one vector: views of it shaped like `like`."""
+    sizes = [v.numel() for v in like.values()]
+    return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
+
+
 POLICIES: Registry[type[Policy]] = Registry("policy")
 
 

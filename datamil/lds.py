@@ -22,7 +22,11 @@ from datamil.datamodels.synthetic import synthetic_multitask
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
 
-DEFAULT_KWARGS = {"regression": {"n_models": 64}}
+
+def estimator_kwargs(args: argparse.Namespace) -> dict[str, dict]:
+    """Keyword arguments of each requested estimator."""
+    defaults = {"regression": {"n_models": 64}, "truncated": {"window": args.window}}
+    return {name: defaults.get(name, {}) for name in args.estimators}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,9 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         prior.arrays["obs/state"].shape[1], prior.action_dim, state_stats=prior.pooled_stats("obs/state")
     )
     proxy = ProxyConfig(replace(smooth_optim(), total_steps=args.steps), batch_size=args.batch_size)
-    estimators = {name: DEFAULT_KWARGS.get(name, {}) for name in args.estimators}
-    if "truncated" in estimators:
-        estimators["truncated"]["window"] = args.window
+    estimators = estimator_kwargs(args)
     rows, base = compare_estimators(
         policy, prior, target_val, estimators, proxy, args.seed, args.n_models, mode=args.mode
     )

@@ -258,13 +258,12 @@ def test_estimator_config_instantiates_to_the_registered_estimator(name):
 
 def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, caplog):
     train, val, _ = stores
-    policy = TinyGelu()
-    pool, surrogate = prepare(policy, train, val)
+    run = ESTIMATORS.get("metagrad")
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        scores = metagradient(policy, pool, surrogate, proxy(steps=2, batch=4), 0).scores
+        scores = run(TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)).scores
     assert "samples it never draws score 0" in caplog.text
     assert np.count_nonzero(scores) <= 8  # only drawn samples can move the surrogate
     caplog.clear()
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        metagradient(policy, pool, surrogate, proxy(steps=12, batch=8), 0)
+        run(TinyGelu(), train, val, 0, proxy=proxy(steps=12, batch=8))
     assert caplog.text == ""

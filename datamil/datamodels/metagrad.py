@@ -174,7 +174,6 @@ def metagradient(
     (cheapest; memory ~ steps x one step's graph); shorter segments bound memory at the price of
     re-running all but the last segment (~ +1 training run). reverse: see `record_segment`.
     """
-    warn_if_sparse(cfg, pool)
     steps = cfg.steps
     seg = max(1, min(int(checkpoint_every), steps))
     starts = list(range(0, steps, seg))
@@ -214,6 +213,7 @@ def run_metagrad(
     """Exact metagradient scores of every prior step (negative = helpful); see the module docstring."""
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
     cfg = proxy or ProxyConfig()
+    warn_if_sparse(cfg, pool)
     result = metagradient(policy, pool, surrogate, cfg, rng_seed, checkpoint_every, reverse)
     result.scores = check_scores(result.scores, train_store.n_steps, "metagrad")
     return result

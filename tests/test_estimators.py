@@ -14,7 +14,7 @@ from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
 from datamil.datamodels.base import check_scores, prepare
 from datamil.datamodels.lds import linear_datamodeling_score, predicted_surrogates
 from datamil.datamodels.metagrad import finite_difference, metagradient
-from datamil.datamodels.proxy import batch_rows, initial_state, step_fn
+from datamil.datamodels.proxy import batch_order, initial_state, step_fn
 from datamil.datamodels.regression import fit_datamodel
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
@@ -125,10 +125,11 @@ def test_include_target_train_scores_only_prior(stores):
 def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6):
     """Surrogate change when sample `row` is added with weight +-eps at step t_star only."""
     values = []
+    order = batch_order(pool, cfg, seed)
     for sign in (1.0, -1.0):
         params, state = initial_state(policy, seed)
         for t in range(cfg.steps):
-            rows = batch_rows(seed, t, pool.size, cfg.batch_size)
+            rows = order(t)
             if t != t_star:
                 params, state = step_fn(policy, pool, cfg, rows, t, False)(
                     params, state, torch.ones(cfg.batch_size)
@@ -259,11 +260,17 @@ def test_estimator_config_instantiates_to_the_registered_estimator(name):
 def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, caplog):
     train, val, _ = stores
     run = ESTIMATORS.get("metagrad")
+    uniform = replace(proxy(steps=2, batch=4), sampling="uniform")  # 8 draws from 20 rows
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        scores = run(TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)).scores
+        scores = run(TinyGelu(), train, val, 0, proxy=uniform).scores
     assert "samples it never draws score 0" in caplog.text
     assert np.count_nonzero(scores) <= 8  # only drawn samples can move the surrogate
     caplog.clear()
+    with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
+        scores = run(TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)).scores  # auto: trajectory rounds
+    assert caplog.text == ""
+    per_episode = np.bincount(train.episode_of_step, weights=np.abs(scores), minlength=train.n_episodes)
+    assert np.all(per_episode > 0)  # every trajectory was drawn, so every trajectory has a score
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
         run(TinyGelu(), train, val, 0, proxy=proxy(steps=12, batch=8))
     assert caplog.text == ""

@@ -92,6 +92,44 @@ def true_surrogates(
     raise DatamilError(f"unknown LDS mode {mode!r}; use 'resample' or 'reweight'")
 
 
+@dataclass
+class NoiseCeiling:
+    """How much of a truth is signal: Spearman agreement between training seeds on the same subsets.
+
+    single_seed: mean Spearman between the truths of two seeds (the ceiling of a one-seed LDS);
+    half: Spearman between the mean truths of two disjoint halves of the k seeds;
+    reliability: the Spearman-Brown step-up 2 half / (1 + half), the ceiling of the k-seed mean truth.
+    """
+
+    k: int
+    single_seed: float
+    half: float
+    reliability: float
+
+
+def noise_ceiling(truths: np.ndarray) -> NoiseCeiling:
+    """The ceiling of (k, M) truths (k >= 2 seeds of the same M subsets); see `NoiseCeiling`."""
+    k = len(truths)
+    if k < 2:
+        raise DatamilError(f"a noise ceiling needs at least 2 truth seeds, got {k}")
+    pairs = [spearmanr(truths[a], truths[b]).statistic for a in range(k) for b in range(a + 1, k)]
+    half = float(spearmanr(truths[: k // 2].mean(0), truths[k // 2 :].mean(0)).statistic)
+    return NoiseCeiling(k, float(np.mean(pairs)), half, 2 * half / (1 + half))
+
+
+def seeds_for_reliability(single_seed: float, reliability: float = 0.85) -> int:
+    """Seeds k whose mean truth reaches `reliability` by Spearman-Brown, from one-seed agreement r:
+    k r / (1 + (k - 1) r) >= reliability  <=>  k >= reliability (1 - r) / (r (1 - reliability))."""
+    r = max(float(single_seed), 1e-3)
+    return max(2, int(np.ceil(reliability * (1 - r) / (r * (1 - reliability)) - 1e-9)))
+
+
+def truth_seeds(estimator_seed: int, k: int) -> list[int]:
+    """k training seeds of the truth, all different from the estimator's: an estimator scored against its
+    own batch order would be rewarded for fitting that order's noise."""
+    return [estimator_seed + 1 + j for j in range(k)]
+
+
 def linear_datamodeling_score(
     policy: Policy,
     train_store: TrajectoryStore,

@@ -43,12 +43,25 @@ def smooth_optim() -> OptimConfig:
     return OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=400, min_lr_ratio=1.0, grad_clip=None)
 
 
+SAMPLINGS = ("uniform", "epoch", "trajectory", "auto")
+
+
 @dataclass
 class ProxyConfig:
-    """How the proxy policy is trained for scoring. `steps` = optim.total_steps."""
+    """How the proxy policy is trained for scoring. `steps` = optim.total_steps.
+
+    sampling: how each step's batch is drawn from the pool (see `BatchOrder`): "uniform" (with
+    replacement), "epoch" (a fresh permutation of the rows each epoch), "trajectory" (rounds that visit
+    every trajectory once, one random step of each), or "auto" (`resolve_sampling`).
+    """
 
     optim: OptimConfig = field(default_factory=smooth_optim)
     batch_size: int = 256
+    sampling: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise DatamilError(f"proxy sampling {self.sampling!r} must be one of {SAMPLINGS}")
 
     @property
     def steps(self) -> int:
@@ -58,17 +71,84 @@ class ProxyConfig:
         return replace(self, optim=replace(self.optim, total_steps=steps))
 
 
-StepFn = Callable[[Params, OptState, Tensor], tuple[Params, OptState]]
+def resolve_sampling(cfg: ProxyConfig, pool_size: int) -> str:
+    """The sampling scheme "auto" stands for, chosen from the pool size.
 
-
-def batch_rows(seed: int, step: int, pool_rows: int | np.ndarray, batch_size: int) -> Tensor:
-    """(B,) pool rows of `step`'s batch: uniform positions of `batch_indices(seed, step, ...)`.
-
-    pool_rows: the pool size (train on every row) or (n,) the rows of a subset to train on.
+    A run that draws at least as many samples as the pool holds keeps uniform draws (the embedded
+    default, where every row is drawn several times). A shorter run, as on the full-size prior, visits
+    every trajectory in rounds instead: uniform draws would leave most rows undrawn, and a sample the
+    run never draws has a metagradient of exactly 0 (README, "Fidelity at full size").
     """
-    if isinstance(pool_rows, (int, np.integer)):
-        return torch.from_numpy(batch_indices(seed, step, int(pool_rows), batch_size))
-    return torch.from_numpy(pool_rows[batch_indices(seed, step, len(pool_rows), batch_size)])
+    if cfg.sampling != "auto":
+        return cfg.sampling
+    return "uniform" if cfg.steps * cfg.batch_size >= pool_size else "trajectory"
+
+
+class BatchOrder:
+    """Which pool rows each proxy step trains on: a pure function of (seed, step), so the forward run, a
+    replayed segment, the reverse pass and an ensemble member all see the same batches.
+
+    "epoch" and "trajectory" walk through shuffled rounds of units (a unit = one row, or one
+    trajectory with a random step of it drawn each round); step t takes positions [tB, (t + 1)B) of the
+    concatenated rounds, so every unit is visited once per round.
+    """
+
+    _ROUND_STREAM = 0x7A3C  # keeps round shuffles apart from uniform draws of the same (seed, step)
+
+    def __init__(
+        self, episode: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, sampling: str
+    ) -> None:
+        self.rows, self.batch_size, self.seed, self.sampling = rows, int(batch_size), int(seed), sampling
+        if len(rows) == 0:
+            raise DatamilError("the proxy's training pool is empty; keep at least one trajectory")
+        if sampling == "trajectory":
+            ep = episode[rows]
+            self.starts = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+            self.lengths = np.diff(np.r_[self.starts, len(rows)])
+        else:
+            self.starts, self.lengths = np.arange(len(rows)), np.ones(len(rows), np.int64)
+        self._rounds: dict[int, np.ndarray] = {}
+
+    def _round(self, r: int) -> np.ndarray:
+        """(U,) pool rows of round r: the units in a shuffled order, one random step of each."""
+        if r not in self._rounds:
+            rng = np.random.default_rng([self.seed % 2**64, r, self._ROUND_STREAM])
+            order = rng.permutation(len(self.starts))
+            offset = (rng.random(len(order)) * self.lengths[order]).astype(np.int64)
+            if len(self._rounds) >= 2:  # a batch spans at most two rounds; keep memory flat
+                self._rounds.pop(min(self._rounds))
+            self._rounds[r] = self.rows[self.starts[order] + offset]
+        return self._rounds[r]
+
+    def __call__(self, step: int) -> Tensor:
+        """(B,) pool rows of `step`'s batch."""
+        if self.sampling == "uniform":
+            return torch.from_numpy(
+                self.rows[batch_indices(self.seed, step, len(self.rows), self.batch_size)]
+            )
+        position = step * self.batch_size + np.arange(self.batch_size)
+        units = len(self.starts)
+        rounds = position // units
+        out = np.empty(self.batch_size, np.int64)
+        for r in np.unique(rounds):
+            hit = rounds == r
+            out[hit] = self._round(int(r))[position[hit] % units]
+        return torch.from_numpy(out)
+
+
+def batch_order(
+    pool: TrainPool, cfg: ProxyConfig, seed: int, pool_rows: np.ndarray | None = None
+) -> BatchOrder:
+    """The batch order of a proxy run of `cfg` from `seed` on `pool_rows` (default: the whole pool).
+
+    "auto" resolves against the size of the rows trained on, so a subset proxy and the full-pool run use
+    the same rule.
+    """
+    rows = np.arange(pool.size) if pool_rows is None else np.asarray(pool_rows, np.int64)
+    return BatchOrder(pool.episode, rows, cfg.batch_size, seed, resolve_sampling(cfg, len(rows)))
+
+
+StepFn = Callable[[Params, OptState, Tensor], tuple[Params, OptState]]
 
 
 def step_fn(
@@ -108,8 +188,9 @@ def run_steps(
 ) -> tuple[Params, OptState]:
     """Plain (non-differentiated) steps [start, stop) with all data weights 1, on all rows or `pool_rows`."""
     ones = torch.ones(cfg.batch_size, dtype=next(iter(params.values())).dtype)
+    order = batch_order(pool, cfg, seed, pool_rows)
     for t in range(start, stop):
-        rows = batch_rows(seed, t, pool.size if pool_rows is None else pool_rows, cfg.batch_size)
+        rows = order(t)
         params, state = step_fn(policy, pool, cfg, rows, t, composable=False)(params, state, ones)
     return params, state
 
@@ -147,8 +228,9 @@ def train_ensemble(
     params, state = _stack(params, m), _stack(state, m)
     dtype = next(iter(params.values())).dtype
     ones = torch.ones(m, cfg.batch_size, dtype=dtype)
+    orders = [batch_order(pool, cfg, seed, s) for s in subsets]
     for t in range(cfg.steps):
-        rows = torch.stack([batch_rows(seed, t, s, cfg.batch_size) for s in subsets])
+        rows = torch.stack([order(t) for order in orders])
         batch = take(pool.data, rows)
         w = ones if weights is None else torch.gather(weights.to(dtype), 1, rows)
 

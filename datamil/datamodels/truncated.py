@@ -25,7 +25,7 @@ from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, pr
 from datamil.datamodels.metagrad import pull_back, record_segment
 from datamil.datamodels.proxy import (
     ProxyConfig,
-    batch_rows,
+    batch_order,
     initial_state,
     random_masks,
     run_steps,
@@ -47,7 +47,7 @@ def _special_step(
 ):
     """Step t with an extra gradient input g_extra (= 0): returns (z_{t+1}, pullback to gbar) (eq. inject)."""
     params, state = z
-    batch = take(pool.data, batch_rows(seed, t, pool_rows, cfg.batch_size))
+    batch = take(pool.data, batch_order(pool, cfg, seed, pool_rows)(t))
     ones = torch.ones(cfg.batch_size, dtype=next(iter(params.values())).dtype)
 
     def step(g_extra: Params) -> tuple[Params, OptState]:

@@ -1,0 +1,248 @@
+"""Estimator fidelity where selection matters: the full 8,250-trajectory MetaWorld prior.
+
+At full size the true surrogate of one proxy run is half batch-order noise, so every estimator is scored
+against a truth averaged over k training seeds, next to that truth's own noise ceiling:
+
+    python benchmarks/fidelity_at_scale.py ceiling               # one-seed agreement and k for reliability >= 0.85
+    python benchmarks/fidelity_at_scale.py lds                   # every estimator vs the k-seed mean truth
+    python benchmarks/fidelity_at_scale.py table                 # the tables, from the committed CSVs only
+
+Defaults: target metaworld/pick-place-wall (a development task), the shipped proxy (400 x 256, prior +
+target-train), subsets of alpha = 0.5 and 0.1 of the prior trajectories. The truth trains the way
+co-training draws its batches (uniform over steps); the estimators may train their proxy differently
+(`--variants`), which is what is being compared. Truths and scores are cached in --work (resumable after
+a kill); finished rows go to CSVs in --out, which `table` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
+from datamil.datamodels.lds import (
+    noise_ceiling,
+    predicted_surrogates,
+    proxy_training_seconds,
+    seeds_for_reliability,
+    spearman_interval,
+    true_surrogates,
+    truth_seeds,
+)
+from datamil.datamodels.proxy import random_masks
+from datamil.io import atomic_write_npz, atomic_write_text
+from datamil.policies.mlp import MLPPolicy
+
+RESULTS = Path(__file__).parent / "results" / "fidelity_at_scale"
+SUBSET_SEED = 10_001
+
+
+def load_task(task: str, data: str):
+    """TaskData of `task` from configs/data/<data>.yaml (generated and cached on first use)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from datamil.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose(config_name=f"data/{data}")
+    return instantiate(cfg.data).load(task)
+
+
+def proxy_policy(prior) -> MLPPolicy:
+    """The shipped proxy policy (configs/policy/bc_mlp.yaml defaults: GELU 256 x 256)."""
+    return MLPPolicy(
+        prior.arrays["obs/state"].shape[1], prior.action_dim, state_stats=prior.pooled_stats("obs/state")
+    )
+
+
+def truth_config(args: argparse.Namespace) -> ProxyConfig:
+    """The counterfactual training the truth measures: co-training's uniform draws, the shipped optimizer."""
+    return ProxyConfig(replace(smooth_optim(), total_steps=args.steps), args.batch_size, sampling="uniform")
+
+
+def cached_truths(args, data, policy, masks: np.ndarray, alpha: float, seeds: list[int]) -> np.ndarray:
+    """(k, M) truths, one cached file per (alpha, seed): a killed run resumes at the next seed."""
+    work = Path(args.work) / f"{args.task.replace('/', '__')}" / f"truth-{args.steps}x{args.batch_size}"
+    out = []
+    for seed in tqdm(seeds, desc=f"truth seeds, alpha={alpha}"):
+        path = work / f"alpha{alpha}-m{len(masks)}-seed{seed}.npz"
+        if path.is_file() and np.array_equal(np.load(path)["masks"], masks):
+            out.append(np.load(path)["truth"])
+            continue
+        truth = true_surrogates(
+            policy, data.prior, data.target_val, masks, truth_config(args), seed,
+            target_train_store=data.target_train, include_target_train=True,
+        )  # fmt: skip
+        atomic_write_npz(path, truth=truth, masks=masks)
+        out.append(truth)
+    return np.stack(out)
+
+
+def subsets(args, data, alpha: float) -> np.ndarray:
+    return random_masks(data.prior.n_episodes, args.n_models, alpha, np.random.default_rng([SUBSET_SEED, 0]))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Merge `rows` into the CSV at `path`, keyed by every column but the measured ones."""
+    old = list(csv.DictReader(path.open())) if path.is_file() else []
+    key = lambda r: tuple(str(r[k]) for k in r if k in ("variant", "alpha", "estimator", "k", "task"))  # noqa: E731
+    merged = {key(r): r for r in old} | {key(r): {k: str(v) for k, v in r.items()} for r in rows}
+    fields = list(dict.fromkeys(k for r in merged.values() for k in r))
+    lines = [",".join(fields)] + [",".join(r.get(f, "") for f in fields) for r in merged.values()]
+    return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def run_ceiling(args: argparse.Namespace) -> None:
+    """One-seed agreement of the truth, and its k-seed reliability, at each alpha."""
+    data = load_task(args.task, args.data)
+    policy = proxy_policy(data.prior)
+    rows = []
+    for alpha in args.alphas:
+        truths = cached_truths(
+            args, data, policy, subsets(args, data, alpha), alpha, truth_seeds(args.seed, args.k)
+        )
+        c = noise_ceiling(truths)
+        spread = float(truths.mean(0).std())
+        rows.append(
+            {"task": args.task, "alpha": alpha, "k": c.k, "n_models": args.n_models, "single_seed": round(c.single_seed, 3),
+             "half": round(c.half, 3), "reliability": round(c.reliability, 3),
+             "k_for_0.85": seeds_for_reliability(c.single_seed), "seed_std": round(float(truths.std(0, ddof=1).mean()), 5),
+             "subset_std": round(spread, 5)}
+        )  # fmt: skip
+        print(rows[-1])
+    write_rows(Path(args.out) / "ceiling.csv", rows)
+
+
+VARIANTS = {  # how an estimator's own proxy run draws its batches (the truth always draws uniformly)
+    "uniform": {"sampling": "uniform"},
+    "epoch": {"sampling": "epoch"},
+    "trajectory": {"sampling": "trajectory"},
+}
+
+
+def estimator_calls(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict]]:
+    """label -> (registered estimator, keyword arguments, proxy overrides), at about equal compute."""
+    calls = {}
+    for variant in args.variants:
+        calls[f"metagrad/{variant}"] = ("metagrad", {"include_target_train": True}, VARIANTS[variant])
+    for name in args.others:
+        kwargs = {"include_target_train": True} | ({"window": 50} if name == "truncated" else {})
+        kwargs |= {"n_models": args.regression_models} if name == "regression" else {}
+        calls[f"{name}/{args.others_variant}"] = (name, kwargs, VARIANTS[args.others_variant])
+    return calls
+
+
+def cached_scores(
+    args, data, policy, label: str, call: tuple[str, dict, dict], seed: int
+) -> tuple[np.ndarray, float]:
+    """(scores, wall s) of one estimator call, cached per (label, seed)."""
+    name, kwargs, overrides = call
+    path = (
+        Path(args.work)
+        / args.task.replace("/", "__")
+        / "scores"
+        / f"{label.replace('/', '__')}-{args.steps}x{args.batch_size}-seed{seed}.npz"
+    )
+    if path.is_file():
+        saved = np.load(path)
+        return saved["scores"], float(saved["wall_s"])
+    proxy = replace(truth_config(args), **overrides)
+    start = time.perf_counter()
+    result = ESTIMATORS.get(name)(
+        policy, data.prior, data.target_val, seed, proxy=proxy, target_train_store=data.target_train, **kwargs
+    )
+    wall = time.perf_counter() - start
+    atomic_write_npz(path, scores=result.scores, wall_s=np.array(wall))
+    return result.scores, wall
+
+
+def run_lds(args: argparse.Namespace) -> None:
+    """Every estimator's LDS against the k-seed mean truth at each alpha, with cost ÷ one proxy run."""
+    data = load_task(args.task, args.data)
+    policy = proxy_policy(data.prior)
+    base = proxy_training_seconds(policy, data.prior, data.target_val, truth_config(args), args.seed)
+    calls = estimator_calls(args)
+    scores, walls = {}, {}
+    for label, call in tqdm(calls.items(), desc="estimators"):
+        runs = [
+            cached_scores(args, data, policy, label, call, args.seed + 100 * j)
+            for j in range(args.proxy_seeds)
+        ]
+        scores[label] = np.mean([s for s, _ in runs], axis=0)
+        walls[label] = sum(w for _, w in runs)
+    rows = []
+    for alpha in args.alphas:
+        masks = subsets(args, data, alpha)
+        truths = cached_truths(args, data, policy, masks, alpha, truth_seeds(args.seed, args.k))
+        c = noise_ceiling(truths)
+        for label, s in scores.items():
+            rho, low, high = spearman_interval(predicted_surrogates(s, data.prior, masks), truths.mean(0))
+            one, _, _ = spearman_interval(predicted_surrogates(s, data.prior, masks), truths[0], n_boot=1)
+            rows.append(
+                {"task": args.task, "alpha": alpha, "estimator": label, "proxy_seeds": args.proxy_seeds,
+                 "k": c.k, "lds_mean_truth": round(rho, 3), "low": round(low, 3), "high": round(high, 3),
+                 "lds_one_seed_truth": round(one, 3), "reliability": round(c.reliability, 3),
+                 "ratio_to_ceiling": round(rho / c.reliability, 3), "zero_scores": round(float(np.mean(s == 0)), 3),
+                 "wall_s": round(walls[label], 1), "cost_x_proxy": round(walls[label] / base, 2)}
+            )  # fmt: skip
+            print(rows[-1])
+    write_rows(Path(args.out) / "lds.csv", rows)
+
+
+def run_table(args: argparse.Namespace) -> None:
+    """Markdown tables from the committed CSVs only."""
+    out = Path(args.out)
+    for name in ("ceiling", "lds"):
+        path = out / f"{name}.csv"
+        if not path.is_file():
+            print(f"({path} does not exist yet)")
+            continue
+        rows = list(csv.DictReader(path.open()))
+        fields = list(rows[0])
+        text = "\n".join(["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)])
+        text += "\n" + "\n".join("| " + " | ".join(r[f] for f in fields) + " |" for r in rows)
+        atomic_write_text(out / f"{name}.md", text + "\n")
+        print(f"## {name}\n{text}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("stage", choices=["ceiling", "lds", "table"])
+    parser.add_argument("--task", default="metaworld/pick-place-wall")
+    parser.add_argument("--data", default="metaworld_full")
+    parser.add_argument("--steps", type=int, default=400, help="proxy (and truth) training steps")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--n-models", type=int, default=40, help="held-out subsets per alpha")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.1])
+    parser.add_argument("--k", type=int, default=6, help="truth training seeds (even: split in halves)")
+    parser.add_argument("--seed", type=int, default=0, help="the estimators' proxy seed")
+    parser.add_argument(
+        "--proxy-seeds", type=int, default=1, help="average estimator scores over this many seeds"
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--others", nargs="*", default=["truncated", "influence", "regression"])
+    parser.add_argument("--others-variant", default="uniform", choices=list(VARIANTS))
+    parser.add_argument("--regression-models", type=int, default=4, help="regression proxies (equal compute)")
+    parser.add_argument("--work", default="outputs/fidelity_at_scale", help="cache of truths and scores")
+    parser.add_argument("--out", default=str(RESULTS), help="where the CSVs and tables go")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    {"ceiling": run_ceiling, "lds": run_lds, "table": run_table}[args.stage](args)
+    atomic_write_text(Path(args.work) / "last_args.json", json.dumps(vars(args), default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,20 +8,29 @@ resumes where it stopped and one selection per (task, method, seed) serves its c
     python benchmarks/selection_quality.py --preset quick              # <= 20 min on 2 cores
     python benchmarks/selection_quality.py --preset default            # 5 tasks x 9 methods x 3 seeds
     python benchmarks/selection_quality.py --preset default 'tasks=[metaworld/pick-place-wall]' seeds=[0]
+    python benchmarks/selection_quality.py --preset full --pilot       # picks the full preset's test tasks
+    python benchmarks/selection_quality.py --preset full 'tasks=${dev_tasks}' output_dir=outputs/full_dev
 
-Writes into the output directory: runs.csv (one row per run), results.md (success table, the bar check,
-surrogate-vs-success correlation, selection composition), success.png (bar plot), config.yaml.
-A method that is an estimator name (e.g. `metagrad`) is DataMIL: that estimator + top-k selection.
+Writes into the output directory: runs.csv (one row per run), composition.csv (per run: selected
+trajectories and successes per source task), results.md (tables: success, paired differences, the bar,
+surrogate vs success, composition; `python benchmarks/tables.py` rebuilds them from runs.csv), success.png
+and config.yaml. `--pilot` runs target_only, seed 0, on the preset's `test_candidates` and writes
+pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks), resumable the same way.
+
+Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
+the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
+seed). Every datamodel method of one (task, seed) reads the same estimator scores.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import importlib.util
 import json
+import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +43,9 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from datamil.checkpoint import load_policy
-from datamil.cli import CONFIG_DIR
+from datamil.cli import CONFIG_DIR, one_line_errors
 from datamil.cotraining import build_mixture, cotrain
 from datamil.data.sources import TaskData
-from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.evaluation import evaluate_checkpoint
@@ -45,10 +53,23 @@ from datamil.io import atomic_write_text
 from datamil.selecting import run_selection
 from datamil.selection import Selection, SelectionConfig, read_selection
 
-CSV_FIELDS = (
-    "task", "method", "seed", "success_rate", "ci_low", "ci_high", "n_episodes", "surrogate_loss",
-    "n_prior", "n_selected", "selected_success", "selected_target_task", "select_s", "train_s", "eval_s", "cpu_s",
-)  # fmt: skip
+
+def _load_tables():
+    """benchmarks/tables.py, the one home of the table functions (benchmarks/ holds scripts, not a package)."""
+    name = "datamil_benchmark_tables"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tables.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+tables = _load_tables()
+MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
+COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
+RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
+RUN_INDEPENDENT += ("test_candidates", "pilot")  # keys that never change a run
 
 
 @dataclass
@@ -78,13 +99,30 @@ def load_config(preset: str, overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name=f"benchmark/{preset}", overrides=list(overrides))
 
 
+def check_methods(methods: Sequence[str], estimator_name: str) -> None:
+    """Every spec parses, and every datamodel method uses the config's estimator: fail before any run."""
+    for name in methods:
+        spec = parse_method(name)
+        for part in (spec, parse_method(spec.size_from)) if spec.size_from else (spec,):
+            if part.datamodel and (part.estimator or estimator_name) != estimator_name:
+                raise DatamilError(
+                    f"method {name!r} needs estimator {part.estimator!r}, but the config's estimator is "
+                    f"{estimator_name!r}; set estimator= and estimator_name= to it"
+                )
+
+
 def make_plan(cfg: DictConfig) -> Plan:
     estimator_name = str(cfg.estimator_name)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if not plain["tasks"]:
+        raise DatamilError(
+            "no target tasks; for the full preset run --pilot and fill in test_tasks, or pass 'tasks=${dev_tasks}'"
+        )
+    check_methods(plain["methods"], estimator_name)
     return Plan(
-        tasks=list(cfg.tasks),
-        methods=list(cfg.methods),
-        seeds=[int(s) for s in cfg.seeds],
+        tasks=list(plain["tasks"]),
+        methods=list(plain["methods"]),
+        seeds=[int(s) for s in plain["seeds"]],
         budget=float(cfg.budget),
         options=plain.get("options") or {},
         data=instantiate(cfg.data),
@@ -100,50 +138,101 @@ def make_plan(cfg: DictConfig) -> Plan:
     )
 
 
-def selection_config(plan: Plan, method: str) -> SelectionConfig:
-    """DataMIL (an estimator name) is top-k on its scores; any other name is a registered selection method."""
-    if method in ESTIMATORS:
-        return SelectionConfig(method="topk", budget=plan.budget, aggregate="sum")
-    return SelectionConfig(method=method, budget=plan.budget, options=dict(plan.options.get(method, {})))
+def slug(task: str) -> str:
+    return task.replace("/", "__")
+
+
+# ------------------------------------------------------------------------------------ selection
+def selection_config(plan: Plan, spec: MethodSpec, budget: float) -> SelectionConfig:
+    """`options[<method>]` are SelectionConfig fields for datamodel methods (e.g. {iterative: {rounds: 2}})
+    and method options for baselines (e.g. {strap: {segment_length: 30}})."""
+    options = dict(plan.options.get(spec.method, {}))
+    if not spec.datamodel:
+        return SelectionConfig(method=spec.method, budget=budget, options=options)
+    try:
+        return SelectionConfig(method=spec.method, budget=budget, aggregate="sum", **options)
+    except TypeError as err:
+        raise DatamilError(f"options.{spec.method} has a key SelectionConfig lacks: {err}") from None
+
+
+def run_budget(plan: Plan, data: TaskData, spec: MethodSpec, seed: int) -> float:
+    """The budget as a fraction of the prior; a size-matched spec takes the count its reference selected
+    for this (task, seed), selecting the reference first if this output directory has not yet."""
+    if spec.size_from is None:
+        return plan.budget
+    reference, _ = select(plan, data, spec.size_from, seed)
+    return len(reference.selected) / data.prior.n_episodes
+
+
+def share_scores(plan: Plan, task: str, estimator: str, run_dir: Path) -> None:
+    """Point run_dir/scores at the one score store of (task, estimator) in this output directory.
+
+    run_selection caches each seed's scores in its run directory (with a fingerprint of the settings), so
+    linking every datamodel method's scores/ to one place makes top-k, threshold, size-matched top-k and
+    iterative's first round of a (task, seed) read one estimate instead of re-estimating it each."""
+    link = run_dir / "scores"
+    if link.exists() or link.is_symlink():  # an older run's own scores, or linked already
+        return
+    shared = plan.out / "scores" / slug(task) / estimator
+    shared.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(shared, run_dir), target_is_directory=True)
 
 
 def select(plan: Plan, data: TaskData, method: str, seed: int) -> tuple[Selection, float]:
     """The selection of (task, method, seed): read if this output directory already made it."""
-    run_dir = plan.out / "selections" / data.task.replace("/", "__") / method / f"seed{seed}"
+    run_dir = plan.out / "selections" / slug(data.task) / method / f"seed{seed}"
     if (run_dir / "selection.json").is_file():
         return read_selection(run_dir / "selection.json"), 0.0
-    if method in ESTIMATORS and method != plan.estimator_name:
-        raise DatamilError(
-            f"method {method!r} is an estimator, but the config's estimator is {plan.estimator_name!r}"
-        )
+    spec = parse_method(method)
+    budget = run_budget(plan, data, spec, seed)
     start = time.perf_counter()
+    if spec.datamodel:
+        share_scores(plan, data.task, plan.estimator_name, run_dir)
     config = {"estimator": plan.config["estimator"], "policy": plan.config["proxy"], "method": method}
+    cfg = selection_config(plan, spec, budget)
     selection = run_selection(
-        data, plan.proxy, plan.estimator, method, selection_config(plan, method), [seed], run_dir, config
+        data, plan.proxy, plan.estimator, plan.estimator_name, cfg, [seed], run_dir, config
     )
     return selection, time.perf_counter() - start
 
 
+def composition(selection: Selection, data: TaskData) -> dict[str, Any]:
+    """What a selection holds: counts for runs.csv, and per source task [selected, successful]."""
+    prior = data.prior
+    idx = prior.index_of(selection.selected) if selection.selected else np.zeros(0, np.int64)
+    by_task: dict[str, list[int]] = {}
+    for i in idx:
+        counts = by_task.setdefault(prior.episodes.task[i], [0, 0])
+        counts[0] += 1
+        counts[1] += int(bool(prior.episodes.success[i]))
+    return {
+        "n_prior": prior.n_episodes,
+        "n_selected": len(idx),
+        "selected_success": sum(c[1] for c in by_task.values()),
+        "selected_target_task": by_task.get(data.task, [0])[0],
+        "composition": by_task,
+    }
+
+
+def budget_columns(spec: MethodSpec, selection: Selection, n_prior: int) -> dict[str, Any]:
+    """The budget a run was held to, as a fraction and a count (blank for methods that size themselves)."""
+    if spec.self_sized or selection.budget is None:
+        return {"budget": "", "budget_count": "", "size_from": spec.size_from or ""}
+    count = max(1, round(selection.budget * n_prior))
+    return {"budget": selection.budget, "budget_count": count, "size_from": spec.size_from or ""}
+
+
+# ------------------------------------------------------------------------------------ co-train and evaluate
 def surrogate_loss(policy: Any, params: Any, data: TaskData) -> float:
     """The rollout-free surrogate of a trained policy: mean per-sample loss on target-val."""
     with torch.no_grad():
         return float(Surrogate.from_store(policy, data.target_val)(params))
 
 
-def composition(selection: Selection, data: TaskData) -> dict[str, int]:
-    prior = data.prior
-    idx = prior.index_of(selection.selected) if selection.selected else np.zeros(0, np.int64)
-    return {
-        "n_prior": prior.n_episodes,
-        "n_selected": len(idx),
-        "selected_success": int(sum(bool(prior.episodes.success[i]) for i in idx)),
-        "selected_target_task": int(sum(prior.episodes.task[i] == data.task for i in idx)),
-    }
-
-
 def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selection: Selection) -> dict:
     """Co-train on target-train + the selection, score the surrogate, roll out; the row of runs.csv."""
-    run_dir = plan.out / "runs" / data.task.replace("/", "__") / method / f"seed{seed}"
+    run_dir = plan.out / "runs" / slug(data.task) / method / f"seed{seed}"
     c = plan.cotrain
     mixture = build_mixture(
         data.target_train,
@@ -177,146 +266,42 @@ def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selec
     low, high = res.interval
     row = {"task": data.task, "method": method, "seed": seed, "success_rate": res.success_rate}
     row |= {"ci_low": low, "ci_high": high, "n_episodes": res.n_episodes, "surrogate_loss": loss}
-    return row | composition(selection, data) | {"train_s": train_s, "eval_s": time.perf_counter() - start}
+    row |= {"n_target_train": data.target_train.n_episodes, "n_target_val": data.target_val.n_episodes}
+    row |= {"cotrain_steps": c["steps"], "train_s": train_s, "eval_s": time.perf_counter() - start}
+    return row | composition(selection, data)
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return atomic_write_text(path, buffer.getvalue())
+def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
+    """One (task, method, seed) run, or its row read back if this output directory finished it."""
+    done = plan.out / "runs" / slug(data.task) / method / f"seed{seed}" / "row.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
+    selection, select_s = select(plan, data, method, seed)
+    row = train_and_evaluate(plan, data, method, seed, selection)
+    row |= budget_columns(parse_method(method), selection, data.prior.n_episodes)
+    row |= {"select_s": select_s, "cpu_s": time.process_time() - cpu}
+    atomic_write_text(done, json.dumps(row))
+    return row
 
 
-def run_task(plan: Plan, task: str, bar: tqdm, rows: list[dict]) -> None:
-    """Every (seed, method) run of one task; finished runs are read back instead of re-run."""
-    data = plan.data.load(task)
-    for seed in plan.seeds:
-        for method in plan.methods:
-            bar.set_postfix_str(f"{task.split('/')[-1]} {method} s{seed}")
-            done = plan.out / "runs" / task.replace("/", "__") / method / f"seed{seed}" / "row.json"
-            if done.is_file():
-                rows.append(json.loads(done.read_text()))
-            else:
-                cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
-                selection, select_s = select(plan, data, method, seed)
-                row = train_and_evaluate(plan, data, method, seed, selection)
-                rows.append(row | {"select_s": select_s, "cpu_s": time.process_time() - cpu})
-                atomic_write_text(done, json.dumps(rows[-1]))
-            write_csv(rows, plan.out / "runs.csv")
-            bar.update()
+def run_all(plan: Plan, write: Callable[[list[dict]], Any], desc: str) -> list[dict]:
+    """Every (task, seed, method) run in order; `write` gets all rows so far after each one."""
+    rows: list[dict] = []
+    total = len(plan.tasks) * len(plan.seeds) * len(plan.methods)
+    with tqdm(total=total, desc=desc, unit="run") as bar:
+        for task in plan.tasks:
+            data = plan.data.load(task)
+            for seed in plan.seeds:
+                for method in plan.methods:
+                    bar.set_postfix_str(f"{task.split('/')[-1]} {method} s{seed}")
+                    rows.append(run_one(plan, data, method, seed))
+                    write(rows)
+                    bar.update()
+    return rows
 
 
-# ------------------------------------------------------------------------------------ tables and plot
-def interval(successes: np.ndarray, n_episodes: int) -> tuple[float, float, float]:
-    """(mean, low, high) of per-seed success rates: a 95% t-interval over seeds (training and evaluation
-    noise together); with one seed, the Wilson interval of its episodes."""
-    from scipy.stats import t
-
-    from sim_tasks.rollout import wilson_interval
-
-    values = np.asarray(successes, np.float64)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return (mean, *wilson_interval(round(mean * n_episodes), n_episodes))
-    half = float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
-
-
-def cell(rows: list[dict], method: str, task: str | None = None) -> tuple[float, float, float]:
-    """Mean ± interval of a method on one task, or over all tasks (per seed: the mean over tasks)."""
-    mine = [r for r in rows if r["method"] == method and (task is None or r["task"] == task)]
-    seeds = sorted({r["seed"] for r in mine})
-    per_seed = [np.mean([r["success_rate"] for r in mine if r["seed"] == s]) for s in seeds]
-    return interval(np.asarray(per_seed), sum(r["n_episodes"] for r in mine) // max(1, len(seeds)))
-
-
-def success_table(rows: list[dict], methods: list[str]) -> str:
-    tasks = sorted({r["task"] for r in rows})
-    head = "| method | " + " | ".join(t.split("/")[-1] for t in tasks) + " | **mean** |"
-    lines = [head, "|" + "---|" * (len(tasks) + 2)]
-    for m in methods:
-        cells = [cell(rows, m, t) for t in tasks] + [cell(rows, m)]
-        text = [f"{100 * c[0]:.0f} [{100 * c[1]:.0f}, {100 * c[2]:.0f}]" for c in cells]
-        text[-1] = f"**{text[-1]}**"
-        lines.append(f"| {m} | " + " | ".join(text) + " |")
-    return "\n".join(lines)
-
-
-def paired_difference(rows: list[dict], a: str, b: str) -> tuple[float, float, float]:
-    """Mean over (task, seed) of success(a) - success(b), with a 95% t-interval over the pairs."""
-    from scipy.stats import t
-
-    rate = {(r["method"], r["task"], r["seed"]): r["success_rate"] for r in rows}
-    diffs = np.array(
-        [rate[(a, k[1], k[2])] - v for k, v in rate.items() if k[0] == b and (a, k[1], k[2]) in rate]
-    )
-    if len(diffs) < 2:
-        return float(diffs.mean()) if len(diffs) else float("nan"), float("nan"), float("nan")
-    half = float(t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)))
-    return float(diffs.mean()), float(diffs.mean() - half), float(diffs.mean() + half)
-
-
-def bar_check(rows: list[dict], methods: list[str], datamil: str) -> str:
-    """The issue's bar: DataMIL >= best baseline + 10 points and >= all_prior + 15 points."""
-    if datamil not in methods:
-        return "(DataMIL was not in the method list: no bar check)"
-    baselines = [m for m in methods if m != datamil and m not in ESTIMATORS]
-    if not baselines:
-        return "(no baselines in the method list: no bar check)"
-    best = max(baselines, key=lambda m: cell(rows, m)[0])
-    lines = [
-        f"| {datamil} minus | mean (points) | 95% interval over (task, seed) pairs | needed |",
-        "|---|---|---|---|",
-    ]
-    checks = [(best, 15 if best == "all_prior" else 10)] + [("all_prior", 15)] * (best != "all_prior")
-    for other, need in checks:
-        if other in methods:
-            d, lo, hi = paired_difference(rows, datamil, other)
-            ok = "met" if 100 * d >= need else "MISSED"
-            lines.append(
-                f"| {other}{' (best baseline)' if other == best else ''} | {100 * d:+.1f} | "
-                f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | +{need} ({ok}) |"
-            )
-    return "\n".join(lines)
-
-
-def surrogate_correlation(rows: list[dict]) -> str:
-    """Does the rollout-free surrogate track success? Spearman over all runs, and within each task (the
-    pooled number mixes tasks whose losses live on different scales)."""
-    from scipy.stats import spearmanr
-
-    loss = np.array([r["surrogate_loss"] for r in rows])
-    success = np.array([r["success_rate"] for r in rows])
-    pooled = spearmanr(loss, success).statistic if np.ptp(success) > 0 else float("nan")
-    lines = [f"- all {len(rows)} trained policies: Spearman(surrogate loss, success) = {pooled:+.2f}"]
-    for task in sorted({r["task"] for r in rows}):
-        idx = [i for i, r in enumerate(rows) if r["task"] == task]
-        rho = spearmanr(loss[idx], success[idx]).statistic if np.ptp(success[idx]) > 0 else float("nan")
-        lines.append(f"- {task} ({len(idx)} policies): {rho:+.2f}")
-    lines.append("(negative = lower target-val loss goes with higher success, as the premise needs)")
-    return "\n".join(lines)
-
-
-def composition_table(rows: list[dict], methods: list[str]) -> str:
-    """What each method picked, summed over runs: how many prior trajectories, how many successful, how
-    many of the target task itself; and the mean target-val loss of the policies co-trained on it."""
-    lines = [
-        "| method | selected / run | successful | from the target task | co-trained surrogate loss |",
-        "|---|---|---|---|---|",
-    ]
-    for m in methods:
-        mine = [r for r in rows if r["method"] == m]
-        n = sum(r["n_selected"] for r in mine)
-        share = lambda k, n=n, mine=mine: f"{100 * sum(r[k] for r in mine) / n:.0f}%" if n else "-"  # noqa: E731
-        loss = np.mean([r["surrogate_loss"] for r in mine])
-        lines.append(
-            f"| {m} | {n / max(1, len(mine)):.1f} | {share('selected_success')} | "
-            f"{share('selected_target_task')} | {loss:.4f} |"
-        )
-    return "\n".join(lines)
-
-
+# ------------------------------------------------------------------------------------ outputs
 def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     """Grouped bars: success per task and overall, one bar per method, 95% intervals as error bars."""
     from datamil.report import pyplot, save_figure
@@ -326,7 +311,7 @@ def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     width = 0.8 / len(methods)
     fig, ax = pyplot().subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.6))
     for j, m in enumerate(methods):
-        stats = np.array([cell(rows, m, g) for g in groups])
+        stats = np.array([tables.cell(rows, m, g) for g in groups])
         x = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
         err = np.abs(stats[:, 1:] - stats[:, :1]).T
         ax.bar(x, 100 * stats[:, 0], width, yerr=100 * err, label=m, capsize=2)
@@ -336,30 +321,22 @@ def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def write_outputs(rows: list[dict], out: Path, methods: list[str], datamil: str, config: dict) -> Path:
-    """runs.csv, success.png and results.md (all tables) into `out`."""
-    write_csv(rows, out / "runs.csv")
+def composition_rows(rows: list[dict]) -> list[dict]:
+    """composition.csv: one row per (task, method, seed, source task) of a run's selection."""
+    out = []
+    for r in rows:
+        for source, (n, successes) in sorted(r.get("composition", {}).items()):
+            out.append({"task": r["task"], "method": r["method"], "seed": r["seed"], "source_task": source}
+                       | {"n_selected": n, "n_success": successes})  # fmt: skip
+    return out
+
+
+def write_outputs(rows: list[dict], out: Path, methods: list[str]) -> Path:
+    """runs.csv, composition.csv, success.png and results.md (every table) into `out`."""
+    tables.write_csv(rows, out / "runs.csv")
+    tables.write_csv(composition_rows(rows), out / "composition.csv", COMPOSITION_FIELDS)
     plot_success(rows, methods, out / "success.png")
-    n_seeds = len({r["seed"] for r in rows})
-    keys = ("select_s", "train_s", "eval_s", "cpu_s")
-    timing = {k: np.mean([r[k] for r in rows if r.get(k)] or [float("nan")]) for k in keys}
-    n_prior = rows[0].get("n_prior", "?")
-    text = [
-        "## Success rate (%), mean over seeds [95% interval]",
-        f"{len({r['task'] for r in rows})} tasks, {n_seeds} seed(s), {rows[0]['n_episodes']} episodes per run, "
-        f"budget {config['budget']:.0%} of a {n_prior}-trajectory prior, "
-        f"{config['cotrain']['steps']} co-training steps. Interval: t over seeds (Wilson over episodes for one seed).",
-        "", success_table(rows, methods), "", "## The bar", bar_check(rows, methods, datamil), "",
-        "## Surrogate loss vs success", surrogate_correlation(rows), "",
-        "## What was selected", composition_table(rows, methods), "",
-        f"Mean seconds per run (fresh runs only): select {timing['select_s']:.1f}, "
-        f"co-train {timing['train_s']:.1f}, evaluate {timing['eval_s']:.1f}; CPU seconds per run "
-        f"{timing['cpu_s']:.1f} (wall time on a shared machine overstates the cost).",
-    ]  # fmt: skip
-    return atomic_write_text(out / "results.md", "\n".join(text) + "\n")
-
-
-RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads")  # keys that never change a run
+    return atomic_write_text(out / "results.md", tables.results_markdown(rows))
 
 
 def check_resumable(plan: Plan) -> None:
@@ -375,20 +352,61 @@ def check_resumable(plan: Plan) -> None:
     atomic_write_text(path, text)
 
 
-def run_benchmark(cfg: DictConfig) -> list[dict]:
-    """Run (or resume) every run of the config and write runs.csv, results.md and success.png."""
+def prepare(cfg: DictConfig) -> Plan:
+    """The plan of cfg, with its output directory checked and its config saved."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     plan = make_plan(cfg)
     plan.out.mkdir(parents=True, exist_ok=True)
     check_resumable(plan)
     atomic_write_text(plan.out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.config)))
-    rows: list[dict] = []
-    total = len(plan.tasks) * len(plan.seeds) * len(plan.methods)
-    with tqdm(total=total, desc="benchmark runs", unit="run") as bar:
-        for task in plan.tasks:
-            run_task(plan, task, bar, rows)
-    write_outputs(rows, plan.out, plan.methods, plan.estimator_name, plan.config)
+    return plan
+
+
+def run_benchmark(cfg: DictConfig) -> list[dict]:
+    """Run (or resume) every run of the config and write runs.csv, results.md and success.png."""
+    plan = prepare(cfg)
+    rows = run_all(plan, lambda rows: tables.write_csv(rows, plan.out / "runs.csv"), "benchmark runs")
+    write_outputs(rows, plan.out, plan.methods)
+    return rows
+
+
+def run_pilot(cfg: DictConfig) -> list[dict]:
+    """target_only on every test candidate (no DataMIL run needed); writes pilot.csv and pilot.md, whose
+    `test_tasks` line is what the preset's rule picks. The pilot has its own seed (`pilot.seed`, not one of
+    the benchmark's seeds) and its own directory: the benchmark's target_only runs of the chosen tasks are
+    fresh, not the runs that were picked for being low."""
+    candidates = list(cfg.get("test_candidates") or [])
+    rule = cfg.get("pilot")
+    if not candidates or rule is None:
+        raise DatamilError(
+            "--pilot needs test_candidates and pilot in the preset (see configs/benchmark/full.yaml)"
+        )
+    dev = sorted(set(candidates) & set(cfg.get("dev_tasks") or []))
+    if dev:
+        raise DatamilError(f"test candidates must not be dev tasks; remove {dev} from test_candidates")
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "tasks", candidates)
+    OmegaConf.update(cfg, "methods", ["target_only"])
+    pilot_seed = int(rule.get("seed", 100))
+    if pilot_seed in set(cfg.seeds):
+        raise DatamilError(f"pilot.seed={pilot_seed} is one of the benchmark's seeds; give the pilot its own seed")
+    OmegaConf.update(cfg, "seeds", [pilot_seed])
+    OmegaConf.update(cfg, "output_dir", str(Path(cfg.output_dir) / "pilot"))
+    plan = prepare(cfg)
+
+    def pick(rows: list[dict]) -> list[dict]:
+        return tables.pilot_pick(rows, float(rule.max_success), int(rule.n_test_tasks))
+
+    def write(rows: list[dict]) -> Path:
+        return tables.write_csv(pick(rows), plan.out / "pilot.csv", tables.PILOT_FIELDS)
+
+    rows = pick(run_all(plan, write, "pilot runs"))
+    text = tables.pilot_markdown(rows)
+    n_chosen = sum(r["test_task"] == "yes" for r in rows)
+    if n_chosen < int(rule.n_test_tasks):
+        text += f"\nonly {n_chosen} of {len(rows)} candidates qualify; add candidates to test_candidates\n"
+    atomic_write_text(plan.out / "pilot.md", text)
     return rows
 
 
@@ -397,17 +415,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--preset", default="quick", help="configs/benchmark/<preset>.yaml: quick | default | tiny"
+        "--preset", default="quick", help="configs/benchmark/<preset>.yaml: quick | default | full | tiny"
+    )
+    parser.add_argument(
+        "--pilot", action="store_true", help="target_only, seed 0, on test_candidates: picks test_tasks"
     )
     parser.add_argument(
         "overrides", nargs="*", help="Hydra-style overrides, e.g. seeds=[0] eval.n_episodes=20"
     )
     args = parser.parse_args(argv)
     cfg = load_config(args.preset, args.overrides)
-    rows = run_benchmark(cfg)
-    print((Path(cfg.output_dir) / "results.md").read_text())
+    rows = (run_pilot if args.pilot else run_benchmark)(cfg)
+    print((Path(cfg.output_dir) / ("pilot/pilot.md" if args.pilot else "results.md")).read_text())
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)(None)

@@ -22,14 +22,25 @@ from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
 from datamil.selecting import run_selection
 from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest, read_selection
+from datamil.selection.baselines import query_demos
 from datamil.selection.methods import DATAMODEL_METHODS
-from datamil.selection.retrieval import dtw_costs, pad_episodes, sub_trajectories, subsequence_dtw
+from datamil.selection.retrieval import (
+    dtw_costs,
+    ksg_contributions,
+    pad_episodes,
+    spread_steps,
+    sub_trajectories,
+    subsequence_dtw,
+)
 from datamil.training import OptimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = [n for n in SELECTION_METHODS.names() if n not in DATAMODEL_METHODS]
 RANKED = [n for n in BASELINES if n not in ("all_prior", "target_only")]
-CHEAP = {"behavior_retrieval": {"steps": 60, "batch_size": 128}}  # keep the VAE fit short in tests
+CHEAP = {  # keep the VAE fits short in tests
+    "behavior_retrieval": {"steps": 60, "batch_size": 128},
+    "deminf": {"steps": 60, "batch_size": 128},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,28 +160,78 @@ def _walk(rng: np.random.Generator, length: int, center: np.ndarray) -> tuple[np
 @pytest.fixture(scope="module")
 def planted() -> tuple[TaskData, set[str]]:
     """20 unrelated prior trajectories (each around its own random center and action mode) plus noisy
-    copies of two target-train demos, planted at prior indices 5 and 17."""
+    copies of the two target-train demos and of the target-val demo, planted at prior indices 5, 17 and 9."""
     rng = np.random.default_rng(0)
     targets = [_walk(rng, 40, rng.normal(0, 3, 6)) for _ in range(3)]
     prior = [_walk(rng, int(rng.integers(30, 60)), rng.normal(0, 3, 6)) for _ in range(20)]
-    for at, source in ((5, targets[0]), (17, targets[1])):
+    for at, source in ((5, targets[0]), (9, targets[2]), (17, targets[1])):
         prior.insert(at, tuple(x + rng.normal(0, 0.02, x.shape) for x in source))
-    data = TaskData("t", _store(prior, "p"), _store(targets, "tt"), _store(targets[2:], "tv"))
-    return data, {"p5", "p17"}
+    data = TaskData("t", _store(prior, "p"), _store(targets[:2], "tt"), _store(targets[2:], "tv"))
+    return data, {"p5", "p9", "p17"}
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["state_similarity", "action_similarity", "state_action_similarity", "behavior_retrieval", "strap"],
-)
+RETRIEVAL = [
+    "state_similarity",
+    "action_similarity",
+    "state_action_similarity",
+    "behavior_retrieval",
+    "strap",
+]
+
+
+@pytest.mark.parametrize("name", RETRIEVAL)
 def test_retrieval_baselines_pick_planted_near_duplicates(name, planted):
+    """Fairness too: p9 copies the target-val demo, so only a query with target-val finds all three."""
     data, duplicates = planted
     options = {"behavior_retrieval": {"steps": 400}, "strap": {"segment_length": 10, "stride": 10}}.get(
         name, {}
     )
-    cfg = SelectionConfig(method=name, budget=2 / data.prior.n_episodes, options=options)
+    cfg = SelectionConfig(method=name, budget=3 / data.prior.n_episodes, options=options)
     _, chosen = SELECTION_METHODS.get(name)(SelectionRequest(data, cfg, 0, lambda a: None))
     assert {data.prior.episodes.episode_id[i] for i in chosen} == duplicates
+
+
+def test_the_query_holds_target_train_and_target_val(planted):
+    data, _ = planted
+    query = query_demos(data)
+    assert list(query.episodes.episode_id) == ["tt0", "tt1", "tv0"]
+    assert query.n_steps == data.target_train.n_steps + data.target_val.n_steps
+
+
+# ------------------------------------------------------------------------------------ DemInf
+def _clean_and_random(rng: np.random.Generator, random_actions: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A 40-step demo whose action is a fixed function of the state, or the same walk with random actions."""
+    state = np.cumsum(rng.normal(0, 0.3, (40, 4)), axis=0)
+    weights = np.array([[0.9, -0.4, 0.3], [0.2, 0.8, -0.5], [-0.6, 0.1, 0.7], [0.3, 0.5, 0.4]])
+    action = rng.uniform(-1, 1, (40, 3)) if random_actions else np.tanh(state @ weights)
+    return state, action
+
+
+@pytest.mark.parametrize("embedding", ["standardized", "vae"])
+def test_deminf_prefers_clean_demos_to_random_actions(embedding):
+    rng = np.random.default_rng(0)
+    demos = [_clean_and_random(rng, random_actions=i in (2, 6)) for i in range(8)]
+    data = TaskData("t", _store(demos, "p"), _store(demos[:1], "tt"), _store(demos[:1], "tv"))
+    options = {"embedding": embedding, "steps": 150, "steps_per_trajectory": 20}
+    cfg = SelectionConfig(method="deminf", budget=6 / 8, options=options)
+    scores, chosen = SELECTION_METHODS.get("deminf")(SelectionRequest(data, cfg, 0, lambda a: None))
+    assert set(np.argsort(scores)[-2:]) == {2, 6}  # the random-action demos score worst
+    assert list(chosen) == [0, 1, 3, 4, 5, 7]
+
+
+def test_ksg_matches_the_gaussian_mutual_information():
+    """KSG on correlated Gaussians against I = -log(1 - rho^2) / 2, and near 0 for independent ones."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=3000)
+    for rho in (0.0, 0.6, 0.9):
+        y = rho * x + np.sqrt(1 - rho**2) * rng.normal(size=3000)
+        assert ksg_contributions(x, y, 5).mean() == pytest.approx(-0.5 * np.log(1 - rho**2), abs=0.05)
+
+
+def test_spread_steps_keeps_every_episode_end_to_end():
+    steps = spread_steps(np.array([0, 3, 13, 113]), 4)
+    np.testing.assert_array_equal(steps, [0, 1, 2, 3, 6, 9, 12, 13, 46, 79, 112])
+    np.testing.assert_array_equal(spread_steps(np.array([0, 3, 5]), None), np.arange(5))
 
 
 # ------------------------------------------------------------------------------------ DTW against brute force
@@ -221,16 +282,90 @@ def test_sub_trajectories_cover_every_step():
     np.testing.assert_array_equal(short[0, :, 0], [0, 0, 0, 1, 2])
 
 
-# ------------------------------------------------------------------------------------ the benchmark, end to end
-@pytest.mark.slow
-@pytest.mark.sim
-def test_tiny_selection_quality_benchmark(tmp_path, monkeypatch):
+# ------------------------------------------------------------------------------------ the benchmark's method specs
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/selection_quality.py as a module (benchmarks/ holds scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(
         "selection_quality", ROOT / "benchmarks" / "selection_quality.py"
     )
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "selection_quality", bench)  # its dataclasses look their module up
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["selection_quality"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("selection_quality", None)
+
+
+def test_method_specs_parse_and_fail_on_one_line(bench):
+    def parse(name: str) -> tuple:
+        spec = bench.parse_method(name)
+        return spec.method, spec.estimator, spec.size_from
+
+    assert parse("metagrad") == ("topk", "metagrad", None)
+    assert parse("metagrad_threshold") == ("threshold", "metagrad", None)
+    assert parse("state_action_similarity") == ("state_action_similarity", None, None)
+    assert parse("random@metagrad_threshold") == ("random", None, "metagrad_threshold")
+    for bad, message in [
+        ("metagrad_sideways", "unknown method"),
+        ("random@nothing", "unknown method"),
+        ("all_prior@metagrad_threshold", "chooses its own size"),
+        ("random@strap@metagrad", "one plain method"),
+    ]:
+        with pytest.raises(DatamilError, match=message):
+            bench.parse_method(bad)
+    with pytest.raises(DatamilError, match="estimator"):
+        bench.check_methods(["random@truncated_threshold"], "metagrad")
+
+
+def test_full_preset_declares_its_task_split_and_methods(bench):
+    cfg = bench.load_config("full")
+    dev, candidates = list(cfg.dev_tasks), list(cfg.test_candidates)
+    assert len(dev) == 5 and len(candidates) >= 10 and not set(dev) & set(candidates)
+    assert list(cfg.tasks) == list(cfg.test_tasks) and cfg.data.episodes_per_task == 165
+    assert list(bench.load_config("full", ["tasks=${dev_tasks}"]).tasks) == dev
+    bench.check_methods(list(cfg.methods), str(cfg.estimator_name))
+    matched = [m for m in cfg.methods if "@" in m]
+    assert len(matched) == 5 and all(m.endswith("@metagrad_threshold") for m in matched)
+    if not cfg.test_tasks:  # before the pilot has picked them, the full run refuses on one line
+        with pytest.raises(DatamilError, match="--pilot"):
+            bench.make_plan(cfg)
+    with pytest.raises(DatamilError, match="test_candidates"):
+        bench.run_pilot(bench.load_config("tiny"))
+
+
+def test_size_matched_runs_take_the_reference_count_and_share_scores(bench, planted, tmp_path):
+    """`random@metagrad_threshold` keeps as many trajectories as the threshold chose for the same (task,
+    seed), and every datamodel method of that (task, seed) reads one estimate."""
+    data, _ = planted
+    calls = []
+
+    def estimate(policy, prior, target_val, rng_seed, target_train_store):  # helpful: the first 7 episodes
+        calls.append(rng_seed)
+        return np.where(prior.episode_of_step < 7, -1.0, 1.0) + 1e-3 * prior.episode_of_step
+
+    plan = bench.Plan(
+        tasks=["t"], methods=[], seeds=[0], budget=0.25, options={}, data=None, policy=None,
+        proxy=functools.partial(MLPPolicy, hidden=(8,)), estimator=estimate, estimator_name="metagrad",
+        cotrain={}, optim=None, eval={}, out=tmp_path, config={"estimator": {}, "proxy": {}},
+    )  # fmt: skip
+    picked = {m: bench.select(plan, data, m, 0)[0].selected for m in
+              ["random@metagrad_threshold", "metagrad", "metagrad@metagrad_threshold", "random"]}  # fmt: skip
+    threshold = read_selection(
+        tmp_path / "selections" / "t" / "metagrad_threshold" / "seed0" / "selection.json"
+    )
+    assert threshold.selected == [f"p{i}" for i in range(7)] and threshold.budget is None
+    assert len(picked["random@metagrad_threshold"]) == 7 and len(picked["random"]) == round(0.25 * 23)
+    assert picked["metagrad@metagrad_threshold"] == threshold.selected
+    assert calls == [0]  # one estimate for threshold, top-k and size-matched top-k
+    for m in ("metagrad", "metagrad_threshold", "metagrad@metagrad_threshold"):
+        scores = tmp_path / "selections" / "t" / m / "seed0" / "scores"
+        assert scores.is_symlink() and scores.resolve() == (tmp_path / "scores" / "t" / "metagrad").resolve()
+
+
+# ------------------------------------------------------------------------------------ the benchmark, end to end
+@pytest.mark.slow
+@pytest.mark.sim
+def test_tiny_selection_quality_benchmark(bench, tmp_path):
     overrides = [f"output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=1"]
     rows = bench.main(["--preset", "tiny", *overrides])
     methods = list(bench.load_config("tiny").methods)
@@ -239,6 +374,14 @@ def test_tiny_selection_quality_benchmark(tmp_path, monkeypatch):
     for name in ("runs.csv", "results.md", "success.png", "config.yaml"):
         assert (tmp_path / "out" / name).is_file()
     table = (tmp_path / "out" / "results.md").read_text()
-    assert all(f"| {m} |" in table for m in methods) and "Spearman" in table
+    assert all(f"| {bench.tables.label(m)} |" in table for m in methods) and "Spearman" in table
     again = bench.main(["--preset", "tiny", *overrides])  # resumes: every run is read back, not re-run
     assert [r["success_rate"] for r in again] == [r["success_rate"] for r in rows]
+    pilot = ["+test_candidates=[metaworld/reach]", "+pilot.max_success=1.01", "+pilot.n_test_tasks=1"]
+    (picked,) = bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot])
+    assert picked["seed"] == 100 and picked["test_task"] == "yes"  # its own seed: benchmark runs stay fresh
+    assert "test_tasks: [metaworld/reach]" in (tmp_path / "out" / "pilot" / "pilot.md").read_text()
+    assert (tmp_path / "out" / "pilot" / "pilot.csv").is_file()
+    assert (tmp_path / "out" / "composition.csv").is_file()
+    with pytest.raises(DatamilError, match="pilot.seed"):
+        bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot, "+pilot.seed=0"])

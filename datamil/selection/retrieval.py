@@ -1,5 +1,6 @@
 """Retrieval math behind the selection baselines: normalized features, k-NN distances, a small (state,
-action) VAE (Behavior Retrieval, Du et al. 2023) and vectorized subsequence DTW (STRAP, Memmel et al. 2024).
+action) VAE (Behavior Retrieval, Du et al. 2023), vectorized subsequence DTW (STRAP, Memmel et al. 2024)
+and the KSG mutual-information estimator (DemInf, Hejna et al. 2025).
 
 Everything here works on plain arrays, so each piece can be checked against a brute-force version.
 Shapes: N prior steps, M target steps, D feature dims, E prior trajectories, T their (padded) length,
@@ -66,7 +67,7 @@ def knn_distance(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
     if len(keys) == 0:
-        raise DatamilError("no target-train samples to compare against; give at least one target demo")
+        raise DatamilError("no target samples to compare against; give at least one target demo")
     k = max(1, min(int(k), len(keys)))
     index = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(keys)
     distances, _ = index.kneighbors(query)
@@ -224,3 +225,42 @@ def dtw_costs(
         refs, lengths = pad_episodes(x[chunk[0] : chunk[-1]], chunk - chunk[0])
         parts.append(subsequence_dtw(queries, refs, lengths))
     return np.concatenate(parts, axis=1)
+
+
+# ------------------------------------------------------------------------------------ DemInf: KSG mutual information
+def spread_steps(offsets: np.ndarray, per_episode: int | None) -> np.ndarray:
+    """(n,) step indices: up to `per_episode` evenly spaced steps of every episode (all of an episode's steps
+    when it is shorter, or when `per_episode` is None or 0). Evenly spaced rather than random, so the sample
+    covers each episode from start to end and depends on nothing but the data."""
+    parts = []
+    for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
+        n = int(hi - lo)
+        m = n if not per_episode else min(n, int(per_episode))
+        parts.append(lo + np.unique(np.round(np.linspace(0, n - 1, m)).astype(np.int64)))
+    return np.concatenate(parts)
+
+
+def ksg_contributions(x: np.ndarray, y: np.ndarray, k: int = 5) -> np.ndarray:
+    """(N,) each sample's term of the KSG estimate of I(X; Y) (Kraskov et al. 2004, estimator 1):
+
+        I(X; Y) ~ psi(k) + psi(N) - < psi(n_x(i) + 1) + psi(n_y(i) + 1) >_i,
+
+    with eps_i the max-norm distance from (x_i, y_i) to its k-th nearest other sample in the joint space, and
+    n_x(i), n_y(i) the numbers of other samples strictly closer than eps_i in the x space and the y space
+    alone. The mean of the returned terms is the estimate. A sample whose y follows from its x has its joint
+    neighbours among its x neighbours (small counts, large term); a y unrelated to x has distant joint
+    neighbours and so many marginal ones (small or negative term).
+    x: (N, D_x), y: (N, D_y).
+    """
+    from scipy.special import digamma
+    from sklearn.neighbors import KDTree, NearestNeighbors
+
+    x, y = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (x, y))
+    n = len(x)
+    if n <= k or len(y) != n:
+        raise DatamilError(f"KSG needs two arrays of the same length above k={k}; got {n} and {len(y)} rows")
+    joint = np.concatenate([x, y], axis=1)
+    index = NearestNeighbors(n_neighbors=k + 1, metric="chebyshev").fit(joint)  # +1: each sample finds itself
+    radius = np.nextafter(index.kneighbors(joint)[0][:, -1], 0.0)  # strictly inside eps_i
+    counts = [KDTree(v, metric="chebyshev").query_radius(v, radius, count_only=True) - 1 for v in (x, y)]
+    return digamma(k) + digamma(n) - digamma(counts[0] + 1) - digamma(counts[1] + 1)

@@ -1,0 +1,386 @@
+"""Every results table of the selection-quality benchmark, from its runs.csv alone.
+
+    python benchmarks/tables.py                         # every benchmarks/results/**/runs.csv
+    python benchmarks/tables.py path/to/runs.csv ...    # or these
+
+Writes results.md next to each runs.csv (and pilot.md next to each pilot.csv) and prints them. The
+benchmark (selection_quality.py) writes its results.md with the same functions, so a committed CSV
+regenerates exactly the tables it produced.
+
+Method names (the benchmark's `methods` list) are specs:
+- `<estimator>` (e.g. `metagrad`): DataMIL, that estimator's scores, top-k at the budget;
+- `<estimator>_<datamodel method>` (e.g. `metagrad_threshold`): that datamodel selection method
+  (topk | threshold | iterative) on that estimator's scores;
+- any other registered selection method (`random`, `strap`, `deminf`, ...): a baseline at the budget;
+- `<spec>@<reference>` (e.g. `random@metagrad_threshold`): the spec with its budget set to the number of
+  trajectories the reference selected for the same (task, seed): a size-matched comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from datamil.datamodels import ESTIMATORS
+from datamil.errors import DatamilError
+from datamil.io import atomic_write_text
+from datamil.selection import SELECTION_METHODS
+from datamil.selection.methods import DATAMODEL_METHODS
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+CSV_FIELDS = (
+    "task", "method", "seed", "success_rate", "ci_low", "ci_high", "n_episodes", "surrogate_loss",
+    "n_prior", "n_selected", "selected_success", "selected_target_task", "select_s", "train_s", "eval_s", "cpu_s",
+    "n_target_train", "n_target_val", "budget", "budget_count", "size_from", "cotrain_steps",
+)  # fmt: skip
+PILOT_FIELDS = (*CSV_FIELDS, "qualifies", "test_task")
+INT_FIELDS = {"seed", "n_episodes", "n_prior", "n_selected", "selected_success", "selected_target_task"}
+INT_FIELDS |= {"n_target_train", "n_target_val", "budget_count", "cotrain_steps"}
+TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task"}
+SELF_SIZED = frozenset({"all_prior", "target_only", "threshold"})  # methods that ignore the budget
+DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning"}  # fmt: skip
+BAR = {"best baseline": 10, "all_prior": 15}  # points DataMIL must gain over each
+
+
+# ------------------------------------------------------------------------------------ method specs
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of the benchmark's method list, taken apart."""
+
+    name: str  # as written, e.g. "random@metagrad_threshold"
+    method: str  # the SELECTION_METHODS name that runs, e.g. "random" or "threshold"
+    estimator: str | None  # datamodel methods: the estimator the spec names (None: the config's)
+    size_from: str | None  # size-matched: the spec whose selection count is this run's budget
+
+    @property
+    def datamodel(self) -> bool:
+        return self.method in DATAMODEL_METHODS
+
+    @property
+    def self_sized(self) -> bool:
+        return self.method in SELF_SIZED
+
+
+def _parse_base(name: str) -> tuple[str, str | None]:
+    """(selection method, estimator) of a spec without `@`."""
+    if name in ESTIMATORS:
+        return "topk", name
+    head, _, tail = name.rpartition("_")
+    if head in ESTIMATORS and tail in DATAMODEL_METHODS:
+        return tail, head
+    if name in SELECTION_METHODS:
+        return name, None
+    raise DatamilError(
+        f"unknown method {name!r}; use an estimator ({', '.join(ESTIMATORS.names())}), "
+        f"<estimator>_<{'|'.join(sorted(DATAMODEL_METHODS))}>, or a selection method "
+        f"({', '.join(SELECTION_METHODS.names())}), optionally @<method> for a size-matched run"
+    )
+
+
+def parse_method(name: str) -> MethodSpec:
+    """A method spec (see the module docstring) as a MethodSpec; a bad spec fails on one line."""
+    base, at, ref = name.partition("@")
+    method, estimator = _parse_base(base)
+    if at and (not ref or "@" in ref):
+        raise DatamilError(f"method {name!r}: size-match to one plain method, e.g. random@metagrad_threshold")
+    if at:
+        _parse_base(ref)
+        if method in SELF_SIZED:
+            raise DatamilError(
+                f"method {name!r}: {method} chooses its own size, so it cannot be size-matched"
+            )
+    return MethodSpec(name, method, estimator, ref or None)
+
+
+def label(name: str) -> str:
+    """How the tables name a method: DataMIL variants and size-matched runs say what they are."""
+    spec = parse_method(name)
+    if spec.size_from:
+        return f"{name.partition('@')[0]}, size-matched to {spec.size_from}"
+    return f"{name} ({DATAMIL_LABELS[spec.method]})" if spec.datamodel else name
+
+
+def datamil_variants(methods: Sequence[str]) -> list[str]:
+    """The DataMIL methods of a list: datamodel selections at their own size."""
+    return [m for m in methods if parse_method(m).datamodel and not parse_method(m).size_from]
+
+
+def compared_with(methods: Sequence[str], datamil: str) -> list[str]:
+    """What a DataMIL variant is compared with: every plain method, and the runs size-matched to it."""
+    return [m for m in methods if m != datamil and parse_method(m).size_from in (None, datamil)]
+
+
+# ------------------------------------------------------------------------------------ statistics
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): a 95% t-interval of the mean (NaN bounds below two values)."""
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    sem = float(stats.sem(values))
+    if sem == 0.0:  # every value equal: scipy would return NaN for a zero scale
+        return mean, mean, mean
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def interval(successes: Sequence[float], n_episodes: int) -> tuple[float, float, float]:
+    """(mean, low, high) of per-seed success rates: a 95% t-interval over seeds (training and evaluation
+    noise together); with one seed, the Wilson interval of its episodes."""
+    values = np.asarray(successes, np.float64)
+    if len(values) >= 2:
+        mean, low, high = mean_interval(values)
+        return mean, max(0.0, low), min(1.0, high)
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) == 0 or n_episodes < 1:
+        return mean, 0.0, 1.0
+    ci = stats.binomtest(round(mean * n_episodes), n_episodes).proportion_ci(method="wilson")
+    return mean, float(ci.low), float(ci.high)
+
+
+def cell(rows: list[dict], method: str, task: str | None = None) -> tuple[float, float, float]:
+    """Mean and interval of a method on one task, or over all tasks (per seed: the mean over tasks)."""
+    mine = [r for r in rows if r["method"] == method and (task is None or r["task"] == task)]
+    seeds = sorted({r["seed"] for r in mine})
+    per_seed = [np.mean([r["success_rate"] for r in mine if r["seed"] == s]) for s in seeds]
+    return interval(per_seed, sum(r["n_episodes"] for r in mine) // max(1, len(seeds)))
+
+
+def paired_difference(rows: list[dict], a: str, b: str) -> tuple[float, float, float]:
+    """Mean over (task, seed) of success(a) - success(b), with a 95% t-interval over the pairs."""
+    rate = {(r["method"], r["task"], r["seed"]): r["success_rate"] for r in rows}
+    diffs = [rate[(a, t, s)] - v for (m, t, s), v in rate.items() if m == b and (a, t, s) in rate]
+    return mean_interval(diffs)
+
+
+def points(value: float | str, sign: bool = False) -> str:
+    """A rate in percentage points ("-" for a blank or NaN)."""
+    return (
+        "-" if value == "" or np.isnan(value) else f"{100 * value:{'+' if sign else ''}.{1 if sign else 0}f}"
+    )
+
+
+def difference_text(diff: tuple[float, float, float]) -> str:
+    """A paired difference in signed points with its interval, e.g. "+4.8 [-1.2, +10.8]"."""
+    return f"{points(diff[0], True)} [{points(diff[1], True)}, {points(diff[2], True)}]"
+
+
+# ------------------------------------------------------------------------------------ tables
+def success_table(rows: list[dict], methods: Sequence[str]) -> str:
+    """Success per method and task, and the mean over tasks (its interval over per-seed task means)."""
+    tasks = sorted({r["task"] for r in rows})
+    lines = ["| method | " + " | ".join(t.split("/")[-1] for t in tasks) + " | **mean** |"]
+    lines.append("|" + "---|" * (len(tasks) + 2))
+    for m in methods:
+        cells = [cell(rows, m, t) for t in tasks] + [cell(rows, m)]
+        text = [f"{points(c[0])} [{points(c[1])}, {points(c[2])}]" for c in cells]
+        lines.append(f"| {label(m)} | " + " | ".join(text[:-1] + [f"**{text[-1]}**"]) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict], methods: Sequence[str]) -> str:
+    """DataMIL variant (columns) minus each method it is compared with (rows), in points, with a 95%
+    t-interval over (task, seed) pairs: seeds share start states, so pairing removes their difficulty."""
+    variants = datamil_variants(methods)
+    lines = ["| minus | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 1)]
+    for other in methods:
+        if not any(other in compared_with(methods, d) for d in variants):
+            continue
+        text = [
+            difference_text(paired_difference(rows, d, other)) if other in compared_with(methods, d) else ""
+            for d in variants
+        ]
+        lines.append(f"| {label(other)} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
+    """The issue's bar, per DataMIL variant: >= its best baseline + 10 points and >= all_prior + 15 (mean
+    paired difference). Baselines are the non-datamodel methods it is compared with, size-matched included."""
+    variants = datamil_variants(methods)
+    if not variants:
+        return "(no DataMIL method in the method list: no bar check)"
+    lines = [
+        "| DataMIL | best baseline | minus best (needs +10) | minus all_prior (needs +15) | bar |",
+        "|---|---|---|---|---|",
+    ]
+    for d in variants:
+        baselines = [m for m in compared_with(methods, d) if not parse_method(m).datamodel]
+        if not baselines:
+            lines.append(f"| {d} | (no baselines) | | | |")
+            continue
+        best = max(baselines, key=lambda m: cell(rows, m)[0])
+        checks = {"best baseline": paired_difference(rows, d, best)}
+        if "all_prior" in methods:
+            checks["all_prior"] = paired_difference(rows, d, "all_prior")
+        text = {k: difference_text(v) for k, v in checks.items()}
+        met = all(100 * v[0] >= BAR[k] for k, v in checks.items())
+        lines.append(
+            f"| {d} | {label(best)} | {text['best baseline']} | {text.get('all_prior', '-')} | "
+            f"{'met' if met else 'MISSED'} |"
+        )
+    return "\n".join(lines)
+
+
+def surrogate_correlation(rows: list[dict]) -> str:
+    """Does the rollout-free surrogate track success? Spearman over all runs, and within each task (the
+    pooled number mixes tasks whose losses live on different scales)."""
+    loss = np.array([r["surrogate_loss"] for r in rows])
+    success = np.array([r["success_rate"] for r in rows])
+
+    def rho(idx: np.ndarray) -> float:
+        varies = np.ptp(success[idx]) > 0 and np.ptp(loss[idx]) > 0
+        return stats.spearmanr(loss[idx], success[idx]).statistic if varies else float("nan")
+
+    lines = [
+        f"- all {len(rows)} trained policies: Spearman(surrogate loss, success) = {rho(np.arange(len(rows))):+.2f}"
+    ]
+    for task in sorted({r["task"] for r in rows}):
+        idx = np.array([i for i, r in enumerate(rows) if r["task"] == task])
+        lines.append(f"- {task} ({len(idx)} policies): {rho(idx):+.2f}")
+    lines.append("(negative = lower target-val loss goes with higher success, as the premise needs)")
+    return "\n".join(lines)
+
+
+def composition_table(rows: list[dict], methods: Sequence[str]) -> str:
+    """What each method picked, summed over runs: how many prior trajectories, how many successful, how
+    many of the target task itself; and the mean target-val loss of the policies co-trained on it."""
+    lines = [
+        "| method | selected / run | successful | from the target task | co-trained surrogate loss |",
+        "|---|---|---|---|---|",
+    ]
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        n = sum(r["n_selected"] for r in mine)
+        share = {k: f"{100 * sum(r[k] for r in mine) / n:.0f}%" if n else "-" for k in ("selected_success", "selected_target_task")}  # fmt: skip
+        loss = np.mean([r["surrogate_loss"] for r in mine])
+        lines.append(
+            f"| {label(m)} | {n / max(1, len(mine)):.1f} | {share['selected_success']} | "
+            f"{share['selected_target_task']} | {loss:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _common(rows: list[dict], key: str) -> str:
+    """The value of `key` shared by the rows ("?" when the CSV predates the column, "a/b" when it varies)."""
+    values = sorted({str(r[key]) for r in rows if r.get(key) not in (None, "")})
+    return "/".join(values) if values else "?"
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """results.md: success, paired differences, the bar, surrogate vs success, composition, timing."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    budget_rows = [r for r in rows if not r.get("size_from")]
+    budget = _common(budget_rows, "budget")
+    budget = f"{float(budget):.0%}" if budget.replace(".", "", 1).isdigit() else budget
+    keys = ("select_s", "train_s", "eval_s", "cpu_s")
+    timing = {k: np.mean([r[k] for r in rows if r.get(k)] or [float("nan")]) for k in keys}
+    text = [
+        "## Success rate (%), mean over seeds [95% interval]",
+        f"{len({r['task'] for r in rows})} tasks, {len({r['seed'] for r in rows})} seed(s), "
+        f"{_common(rows, 'n_episodes')} episodes per run, budget {budget} of a {_common(rows, 'n_prior')}-trajectory "
+        f"prior, {_common(rows, 'n_target_train')} target-train / {_common(rows, 'n_target_val')} target-val demos, "
+        f"{_common(rows, 'cotrain_steps')} co-training steps. Interval: t over seeds (Wilson over episodes for one seed).",
+        "", success_table(rows, methods), "",
+        "## Paired differences (points): DataMIL minus each method, 95% t-interval over (task, seed) pairs",
+        paired_table(rows, methods), "", "## The bar", bar_check(rows, methods), "",
+        "## Surrogate loss vs success", surrogate_correlation(rows), "",
+        "## What was selected", composition_table(rows, methods), "",
+        f"Mean seconds per run (fresh runs only): select {timing['select_s']:.1f}, "
+        f"co-train {timing['train_s']:.1f}, evaluate {timing['eval_s']:.1f}; CPU seconds per run "
+        f"{timing['cpu_s']:.1f} (wall time on a shared machine overstates the cost).",
+    ]  # fmt: skip
+    return "\n".join(text) + "\n"
+
+
+# ------------------------------------------------------------------------------------ the pilot
+def pilot_pick(rows: list[dict], max_success: float, n_test: int) -> list[dict]:
+    """The pilot's rule, applied to target_only seed-0 rows in candidate order: a candidate qualifies when
+    target_only succeeds on fewer than `max_success` of its episodes (room for prior data to help); the
+    first `n_test` qualifying candidates are the test tasks."""
+    out, n_chosen = [], 0
+    for row in rows:
+        qualifies = row["success_rate"] < max_success
+        test = qualifies and n_chosen < n_test
+        n_chosen += test
+        out.append(row | {"qualifies": "yes" if qualifies else "no", "test_task": "yes" if test else "no"})
+    return out
+
+
+def pilot_markdown(rows: list[dict]) -> str:
+    """pilot.md: target_only success per candidate, and the test_tasks line the rule picks."""
+    lines = [
+        "| candidate | target_only success (%) [95% Wilson] | qualifies | test task |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {points(r['success_rate'])} [{points(r['ci_low'])}, {points(r['ci_high'])}] | "
+            f"{r['qualifies']} | {r['test_task']} |"
+        )
+    chosen = [r["task"] for r in rows if r["test_task"] == "yes"]
+    return "\n".join([*lines, "", f"test_tasks: [{', '.join(chosen)}]"]) + "\n"
+
+
+# ------------------------------------------------------------------------------------ CSV in and out
+def write_csv(rows: list[dict], path: Path, fields: Sequence[str] = CSV_FIELDS) -> Path:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _value(key: str, text: str) -> object:
+    if key in TEXT_FIELDS or text == "":
+        return text
+    return int(float(text)) if key in INT_FIELDS else float(text)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """runs.csv (or pilot.csv) rows with the types the benchmark wrote them with."""
+    with open(path, newline="") as f:
+        rows = [{k: _value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    if not rows:
+        raise DatamilError(f"{path} has no runs")
+    return rows
+
+
+def regenerate(csv_path: Path) -> Path:
+    """Write results.md (runs.csv) or pilot.md (pilot.csv) next to the CSV."""
+    rows = read_rows(csv_path)
+    if csv_path.name == "pilot.csv":
+        return atomic_write_text(csv_path.with_name("pilot.md"), pilot_markdown(rows))
+    return atomic_write_text(csv_path.with_name("results.md"), results_markdown(rows))
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("csvs", nargs="*", type=Path, help="runs.csv / pilot.csv files (default: all under benchmarks/results)")  # fmt: skip
+    args = parser.parse_args(argv)
+    paths = args.csvs or sorted([*RESULTS_DIR.rglob("runs.csv"), *RESULTS_DIR.rglob("pilot.csv")])
+    if not paths:
+        raise DatamilError(f"no runs.csv or pilot.csv under {RESULTS_DIR}; pass CSV paths")
+    written = []
+    for path in paths:
+        if not path.is_file():
+            raise DatamilError(f"{path} does not exist")
+        written.append(regenerate(path))
+        print(f"# {written[-1]}\n\n{written[-1].read_text()}")
+    return written
+
+
+if __name__ == "__main__":
+    from datamil.cli import one_line_errors
+
+    one_line_errors(main)(None)

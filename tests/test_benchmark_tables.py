@@ -1,0 +1,126 @@
+"""benchmarks/tables.py on small hand-made CSVs whose answers are known: intervals, paired differences,
+the bar, size-matched labels, the pilot's rule, and the one command that rebuilds every table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("metaworld/a", "metaworld/b")
+# success per (method, task): one value per seed 0, 1, 2
+SUCCESS = {
+    "metagrad": {"metaworld/a": [0.9, 0.8, 1.0], "metaworld/b": [0.7, 0.6, 0.8]},
+    "metagrad_threshold": {"metaworld/a": [0.7, 0.7, 0.7], "metaworld/b": [0.5, 0.5, 0.5]},
+    "all_prior": {"metaworld/a": [0.7, 0.7, 0.7], "metaworld/b": [0.5, 0.5, 0.5]},
+    "random": {"metaworld/a": [0.5, 0.6, 0.4], "metaworld/b": [0.3, 0.2, 0.4]},
+    "random@metagrad_threshold": {"metaworld/a": [0.6, 0.6, 0.6], "metaworld/b": [0.4, 0.4, 0.4]},
+}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("bench_tables", ROOT / "benchmarks" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_tables"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_tables", None)
+
+
+def make_rows() -> list[dict]:
+    rows = []
+    for task in TASKS:
+        for seed in range(3):
+            for method, by_task in SUCCESS.items():
+                size_matched = "@" in method
+                rows.append(
+                    {"task": task, "method": method, "seed": seed, "success_rate": by_task[task][seed]}
+                    | {"ci_low": 0.0, "ci_high": 1.0, "n_episodes": 50, "n_prior": 100, "n_selected": 10}
+                    | {"selected_success": 5, "selected_target_task": 1, "surrogate_loss": 0.1 + seed / 100}
+                    | {"select_s": 1.0, "train_s": 2.0, "eval_s": 3.0, "cpu_s": 4.0, "n_target_train": 10}
+                    | {"n_target_val": 10, "budget": "" if size_matched else 0.1, "budget_count": 10}
+                    | {"size_from": "metagrad_threshold" if size_matched else "", "cotrain_steps": 5000}
+                )
+    return rows
+
+
+def test_csv_round_trips_with_types(tables, tmp_path):
+    rows = make_rows()
+    again = tables.read_rows(tables.write_csv(rows, tmp_path / "runs.csv"))
+    assert again == rows
+
+
+def test_paired_difference_is_a_t_interval_over_task_seed_pairs(tables):
+    diffs = np.array([0.2, 0.1, 0.3, 0.2, 0.1, 0.3])  # metagrad minus all_prior, per (task, seed)
+    half = stats.t.ppf(0.975, 5) * diffs.std(ddof=1) / np.sqrt(6)
+    mean, low, high = tables.paired_difference(make_rows(), "metagrad", "all_prior")
+    assert mean == pytest.approx(0.2) and (low, high) == pytest.approx((0.2 - half, 0.2 + half))
+    assert tables.paired_difference(make_rows(), "metagrad_threshold", "all_prior") == (0.0, 0.0, 0.0)
+
+
+def test_intervals_over_seeds_and_over_episodes(tables):
+    from sim_tasks.rollout import wilson_interval
+
+    mean, low, high = tables.interval([0.75], 4)  # one seed: Wilson over its episodes
+    assert mean == 0.75 and (low, high) == pytest.approx(wilson_interval(3, 4), abs=1e-4)
+    assert tables.interval([0.5, 0.5], 50) == (0.5, 0.5, 0.5)  # no spread: no NaN
+    mean, low, high = tables.interval([0.9, 1.0, 1.0], 50)
+    assert low < mean < high == 1.0  # clipped to a probability
+
+
+def test_the_bar_and_the_size_matched_comparison(tables):
+    rows, methods = make_rows(), list(SUCCESS)
+    bar = tables.bar_check(rows, methods).splitlines()
+    top = next(line for line in bar if line.startswith("| metagrad |"))
+    thresh = next(line for line in bar if line.startswith("| metagrad_threshold |"))
+    assert "| all_prior |" in top and "+20.0" in top and top.endswith("| met |")
+    assert thresh.endswith("| MISSED |") and "+0.0" in thresh
+    paired = tables.paired_table(rows, methods).splitlines()
+    assert paired[0] == "| minus | metagrad | metagrad_threshold |"
+    matched = next(line for line in paired if "size-matched" in line)
+    # metagrad is not compared with a run size-matched to metagrad_threshold; metagrad_threshold is (+10)
+    assert matched.startswith("| random, size-matched to metagrad_threshold |  | +10.0 [+10.0, +10.0] |")
+
+
+def test_results_markdown_labels_every_method(tables):
+    text = tables.results_markdown(make_rows())
+    assert "| metagrad (DataMIL top-k) | 90 [" in text
+    assert (
+        "| random, size-matched to metagrad_threshold | 60 [60, 60] | 40 [40, 40] | **50 [50, 50]** |" in text
+    )
+    assert "budget 10% of a 100-trajectory prior, 10 target-train / 10 target-val demos" in text
+
+
+def test_pilot_rule_takes_the_first_five_below_80_percent(tables):
+    rates = [0.9, 0.5, 0.79, 0.8, 0.1, 0.2, 0.3, 0.0]
+    rows = [
+        {"task": f"metaworld/c{i}", "success_rate": r, "ci_low": 0.0, "ci_high": 1.0}
+        for i, r in enumerate(rates)
+    ]
+    picked = tables.pilot_pick(rows, 0.8, 5)
+    assert [r["qualifies"] for r in picked] == ["no", "yes", "yes", "no", "yes", "yes", "yes", "yes"]
+    assert [r["task"][-2:] for r in picked if r["test_task"] == "yes"] == ["c1", "c2", "c4", "c5", "c6"]
+    assert "test_tasks: [metaworld/c1, metaworld/c2, metaworld/c4, metaworld/c5, metaworld/c6]" in (
+        tables.pilot_markdown(picked)
+    )
+
+
+def test_one_command_rebuilds_every_table(tables, tmp_path, capsys):
+    runs = tables.write_csv(make_rows(), tmp_path / "full" / "runs.csv")
+    pilot = [
+        {"task": "metaworld/c0", "method": "target_only", "seed": 0, "success_rate": 0.5, "n_episodes": 50}
+    ]
+    pilot_csv = tables.write_csv(
+        tables.pilot_pick(pilot, 0.8, 5), tmp_path / "full" / "pilot.csv", tables.PILOT_FIELDS
+    )
+    written = tables.main([str(runs), str(pilot_csv)])
+    assert written == [tmp_path / "full" / "results.md", tmp_path / "full" / "pilot.md"]
+    printed = capsys.readouterr().out
+    assert "## The bar" in printed and "test_tasks: [metaworld/c0]" in printed
+    assert written[0].read_text() == tables.results_markdown(make_rows())

@@ -390,7 +390,9 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
     OmegaConf.update(cfg, "methods", ["target_only"])
     pilot_seed = int(rule.get("seed", 100))
     if pilot_seed in set(cfg.seeds):
-        raise DatamilError(f"pilot.seed={pilot_seed} is one of the benchmark's seeds; give the pilot its own seed")
+        raise DatamilError(
+            f"pilot.seed={pilot_seed} is one of the benchmark's seeds; give the pilot its own seed"
+        )
     OmegaConf.update(cfg, "seeds", [pilot_seed])
     OmegaConf.update(cfg, "output_dir", str(Path(cfg.output_dir) / "pilot"))
     plan = prepare(cfg)

@@ -357,3 +357,86 @@ def write_oxe(
     rng = np.random.default_rng(seed)
     examples = [example(rng, i) for i in range(n)]
     return write_raw(data_dir, overrides.get("as_name", name), features(), examples), examples
+
+
+# ---------------------------------------------------------------- any registry row, from its recorded spec
+ROW_HW = (8, 8)  # cameras of the per-row datasets; every other shape is the one the row records
+
+
+def row_text(name: str, index: int) -> str:
+    return f"{name} task {index}"
+
+
+def spec_features(spec: dict) -> dict:
+    """A nested spec of oxe_registry.Feature leaves -> the TFDS features it describes (cameras ROW_HW)."""
+    f = _f()
+    out = {}
+    for key, leaf in spec.items():
+        if isinstance(leaf, dict):
+            out[key] = f.FeaturesDict(spec_features(leaf))
+        elif leaf.kind == "text":
+            out[key] = f.Text()
+        elif leaf.kind == "image":
+            out[key] = f.Image(shape=(*ROW_HW, leaf.shape[-1]), dtype=np.dtype(leaf.dtype))
+        else:
+            out[key] = f.Tensor(shape=leaf.shape, dtype=np.dtype(leaf.dtype))
+    return out
+
+
+def spec_values(rng: np.random.Generator, spec: dict, lead: tuple[int, ...], text: str) -> dict:
+    """Random values for every leaf of `spec`, each of shape (*lead, ...); text leaves hold `text`."""
+    out = {}
+    for key, leaf in spec.items():
+        if isinstance(leaf, dict):
+            out[key] = spec_values(rng, leaf, lead, text)
+        elif leaf.kind == "text":
+            out[key] = np.full(lead, text, dtype=object) if lead else text
+        else:
+            shape = (*lead, *ROW_HW, leaf.shape[-1]) if leaf.kind == "image" else (*lead, *leaf.shape)
+            out[key] = _random(rng, leaf.dtype, shape)
+    return out
+
+
+def _random(rng: np.random.Generator, dtype: str, shape: tuple[int, ...]) -> Any:
+    if dtype == "bool":
+        value = rng.random(shape) < 0.5
+    elif dtype.startswith(("uint", "int")):
+        high = 256 if dtype == "uint8" else 1000
+        value = rng.integers(0, high, shape).astype(dtype)
+    else:
+        value = rng.normal(size=shape).astype(dtype)
+    return value if shape else value.item()
+
+
+def row_example(rng: np.random.Generator, row: Any, index: int, t: int = 3) -> dict:
+    """One episode of `row`'s layout: random values, the instruction row_text(...) at its language key."""
+    text = row_text(row.name, index)
+    steps = {**spec_values(rng, row.spec, (t,), text), **_flag_values(t)}
+    if row.language_key:
+        from datamil.data.oxe import lookup
+
+        codes = np.asarray(lookup(steps, row.language_key))
+        if codes.dtype.kind in "iu":  # character codes, zero-padded (language_table)
+            codes[:] = 0
+            codes[:, : len(text)] = [ord(c) for c in text]
+    episode = spec_values(rng, row.episode, (), text)
+    for flag in row.camera_present.values():  # every episode has every camera
+        *parents, leaf = flag.split("/")
+        node = episode
+        for part in parents:
+            node = node[part]
+        node[leaf] = True
+    return {**episode, "steps": steps}
+
+
+def row_features(row: Any) -> Any:
+    f = _f()
+    steps = f.Dataset({**spec_features(row.spec), **_flags()})
+    return f.FeaturesDict({**spec_features(row.episode), "steps": steps})
+
+
+def write_row(data_dir: Path, row: Any, n: int = 2, t: int = 3, seed: int = 0, name: str | None = None):
+    """Write n episodes of a registry row's recorded layout; returns (version dir, the raw examples)."""
+    rng = np.random.default_rng(seed)
+    examples = [row_example(rng, row, i, t) for i in range(n)]
+    return write_raw(data_dir, name or row.name, row_features(row), examples), examples

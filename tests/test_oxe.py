@@ -9,8 +9,9 @@ pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
 
-from datamil.data import oxe  # noqa: E402
+from datamil.data import oxe, oxe_actions, oxe_registry  # noqa: E402
 from datamil.data.rlds import read_rlds  # noqa: E402
+from datamil.data.sources import RLDSSource  # noqa: E402
 from datamil.errors import DataError, UnknownNameError  # noqa: E402
 
 
@@ -53,8 +54,8 @@ def test_unknown_dataset_lists_valid_names():
 def test_every_entry_declares_its_action(name):
     entry = oxe.get_standardization(name)
     assert any(path.startswith("action") for path in entry.required), "entry must declare its raw action keys"
-    assert entry.action_convention in (oxe.EEF_DELTA, oxe.NATIVE)
-    if entry.action_convention == oxe.EEF_DELTA:
+    assert entry.action_convention in oxe_actions.TRANSFORMS
+    if entry.action_convention in oxe_actions.EEF_TRANSFORMS:
         assert entry.action_dim == oxe.COMMON_ACTION_DIM
 
 
@@ -94,6 +95,25 @@ def test_bridge(oxe_dirs):
         assert set(episode.observations) == {"state", "image_primary"}
         assert episode.language_instruction == steps["language_instruction"][0]
         assert episode.meta.task == episode.language_instruction
+
+
+def test_oxe_bridge_layout_reads_by_its_name(tmp_path):
+    """The published OXE `bridge` 0.1.0 (the README's example): a dict action with a boolean open_gripper,
+    one camera, language in the observation. The flat BridgeData V2 layout under the same name is test_bridge."""
+    path, raw = fx.write_row(tmp_path / "rlds", oxe_registry.table_rows()["bridge"], n=3)
+    assert path.parent.name == "bridge"
+    for episode, example in zip(_read(path), raw, strict=True):
+        act, obs = _steps(example)["action"], _steps(example)["observation"]
+        np.testing.assert_allclose(episode.actions[:, :3], act["world_vector"])
+        np.testing.assert_allclose(episode.actions[:, 3:6], act["rotation_delta"])
+        np.testing.assert_array_equal(episode.actions[:, 6], act["open_gripper"].astype(np.float32))
+        np.testing.assert_allclose(episode.observations["state"], obs["state"])
+        np.testing.assert_array_equal(episode.observations["image_primary"], obs["image"])
+        assert episode.language_instruction == obs["natural_language_instruction"][0]
+    data = RLDSSource(
+        prior=str(path), target=str(path), n_target_val=1, cache_dir=str(tmp_path / "cache")
+    ).load("t")
+    assert data.prior.obs_keys == ["image_primary", "state"] and data.prior.n_episodes == 3
 
 
 def test_taco_play(oxe_dirs):

@@ -3,21 +3,20 @@
 Why: every OXE dataset names its observations and encodes its actions differently. Selecting prior data
 across robots only makes sense once all of them speak one action language, so each dataset gets an entry
 that says, from its published feature spec, where state, cameras and language live and how its action
-converts.
+converts. The entries are rows of data (oxe_datasets.yaml, read by oxe_registry); the action vocabulary is
+in oxe_actions; docs/oxe.md is the user's guide, including mapping an unknown dataset by config.
 
-The common action convention (the one the Octo / OXE standardization uses), shape (T, 7):
+The common action convention (the one the OXE standardization uses), shape (T, 7):
 
     [dx, dy, dz, droll, dpitch, dyaw, gripper]
 
 - dx..dyaw: the dataset's commanded end-effector translation and rotation deltas, in its own frame and
   units (no rescaling here; per-dataset normalization statistics in the store handle scale).
-- gripper: absolute, in [0, 1], 1 = open, 0 = closed. Relative gripper commands (+1 close, -1 open,
-  0 keep) are integrated; continuous positions are binarized; signed commands (-1 close, +1 open) are
-  mapped linearly.
+- gripper: absolute, in [0, 1], 1 = open, 0 = closed.
 
-An entry may instead declare `action_convention="native"` (our own MetaWorld data: 4-d xyz + gripper
-effort, kept as is). Observations become `state` (concatenated proprio slices, absent when a dataset has
-none) and `image_primary` / `image_wrist`.
+Entries whose action cannot be written that way keep their own layout and say so in `action_convention`
+(absolute_eef, joint_position, joint_delta, joint_velocity, native; our own MetaWorld data is native).
+Observations become `state` (concatenated proprio slices, absent when a dataset has none) and `image_*`.
 
 Raw steps are the episode's steps batched over time as numpy: a nested dict, every leaf of shape (T, ...).
 Keys are addressed by "/"-joined paths, e.g. "observation/robot_obs" or "action/world_vector".
@@ -25,75 +24,41 @@ Keys are addressed by "/"-joined paths, e.g. "observation/robot_obs" or "action/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from datamil.data import oxe_registry
+from datamil.data.oxe_actions import (  # noqa: F401  (gripper conversions re-exported)
+    DELTA_EEF,
+    EEF_ACTION_DIM,
+    EEF_TRANSFORMS,
+    convert_action,
+    gripper_from_continuous,
+    gripper_from_relative,
+    gripper_from_signed,
+    lookup,
+)
+from datamil.data.oxe_registry import DatasetRow
 from datamil.data.schema import OBS_STATE, is_image_key
-from datamil.errors import DataError
+from datamil.errors import DataError, UnknownNameError
 from datamil.registry import Registry
 
-EEF_DELTA = "eef_delta"  # the common 7-d convention above
+EEF_DELTA = DELTA_EEF  # the common 7-d convention above
 NATIVE = "native"  # the dataset's own action space, kept as is
 IMAGE_PRIMARY = "image_primary"
 IMAGE_WRIST = "image_wrist"
-COMMON_ACTION_DIM = 7
+COMMON_ACTION_DIM = EEF_ACTION_DIM
+MAP_BY_CONFIG = (
+    "map it by config: data.mapping={action_keys: [...], action_transform: delta_eef, gripper: ..., "
+    "state_keys: [...], cameras: {<raw camera>: image_primary}, language_key: ...} (docs/oxe.md), or set "
+    "data.standardization=<a registered dataset with the same layout>"
+)
 
 Steps = Mapping[str, Any]
-
-
-def lookup(tree: Steps, path: str) -> Any:
-    """The value at a "/"-joined path of a nested dict; KeyError when any part is missing."""
-    node: Any = tree
-    for part in path.split("/"):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(path)
-        node = node[part]
-    return node
-
-
-# ---------------------------------------------------------------- gripper conversions, (T,) -> (T,) in [0, 1]
-def gripper_from_relative(command: np.ndarray, threshold: float = 0.1) -> np.ndarray:
-    """Integrate relative commands (+1 close, -1 open, |c| <= threshold keep) into absolute 1 = open.
-
-    Before the first command the gripper is taken to be in the opposite state (a first "close" means it
-    was open); with no command at all it stays open.
-    """
-    command = np.asarray(command, np.float64).reshape(-1)
-    target = np.where(command > threshold, 0.0, np.where(command < -threshold, 1.0, np.nan))
-    given = ~np.isnan(target)
-    if not given.any():
-        return np.ones(len(command), np.float32)
-    last_given = np.maximum.accumulate(np.where(given, np.arange(len(target)), 0))
-    state = target[last_given]
-    first = int(np.argmax(given))
-    state[:first] = 1.0 - target[first]
-    return state.astype(np.float32)
-
-
-def gripper_from_continuous(
-    position: np.ndarray, open_above: float = 0.95, closed_below: float = 0.05
-) -> np.ndarray:
-    """Binarize a continuous position (1 = open): in-between values take the next definite state.
-
-    A trajectory that ends in between keeps its last raw value for that tail (nothing to look ahead to).
-    """
-    position = np.asarray(position, np.float64).reshape(-1)
-    target = np.where(position > open_above, 1.0, np.where(position < closed_below, 0.0, np.nan))
-    n = len(target)
-    given = ~np.isnan(target)
-    # backward fill: index of the next given value at or after t (n when none)
-    next_given = np.minimum.accumulate(np.where(given, np.arange(n), n)[::-1])[::-1]
-    tail = np.clip(position[-1], 0.0, 1.0) if n else 0.0
-    filled = np.append(target, tail)[next_given]
-    return filled.astype(np.float32)
-
-
-def gripper_from_signed(command: np.ndarray) -> np.ndarray:
-    """Map a signed command (-1 close, +1 open) linearly onto [0, 1] (1 = open)."""
-    return np.clip((np.asarray(command, np.float32).reshape(-1) + 1.0) / 2.0, 0.0, 1.0)
 
 
 # ---------------------------------------------------------------- the entry type
@@ -112,15 +77,16 @@ class Standardization:
 
     required: raw path -> per-step shape (None = any size on that axis, None as a whole = any shape),
         checked before conversion so a malformed episode fails with the key it lacks.
-    state: (raw path, start, stop) slices concatenated, in order, into `state` (empty: no state).
+    state: (raw path, start, stop) slices of the flattened values, concatenated into `state` (empty: none).
     images: common image key -> raw path. `None` passes every raw observation key through unchanged (our
         own layout, already `state` + `image_*`).
     language: raw path of the per-step instruction (the first step's is used).
     image_present: raw image path -> episode-level bool path that says whether the episode has that
         camera at all (bridge's `has_image_i`: frames of a missing camera are blank, not absent).
     action: raw steps -> (T, A) float actions in `action_convention`.
-    action_dim: A after conversion (None: whatever the data has, for native datasets).
+    action_dim: A after conversion (None: whatever the data has).
     success: raw episode-level features (everything but steps) -> success flag or None.
+    alternatives: other layouts of the same data accepted under this name, chosen by the keys present.
     """
 
     name: str
@@ -133,6 +99,7 @@ class Standardization:
     action_dim: int | None = COMMON_ACTION_DIM
     success: Callable[[Mapping[str, Any]], bool | None] | None = None
     image_present: Mapping[str, str] = field(default_factory=dict)
+    alternatives: tuple[Standardization, ...] = ()
 
     def image_paths(self, raw_image_paths: list[str]) -> list[str]:
         """Raw image paths this entry reads: the rest need not be decoded."""
@@ -140,6 +107,9 @@ class Standardization:
             return [
                 p for p in raw_image_paths if p.startswith("observation/") and is_image_key(p.split("/")[-1])
             ]
+        for layout in (self, *self.alternatives):
+            if set(layout.images.values()) <= set(raw_image_paths):  # type: ignore[union-attr]
+                return list(layout.images.values())  # type: ignore[union-attr]
         return list(self.images.values())
 
     def without_images(self) -> Standardization:
@@ -147,7 +117,8 @@ class Standardization:
         if self.images is None:
             return self
         required = {p: s for p, s in self.required.items() if p not in set(self.images.values())}
-        return replace(self, required=required, images={})
+        alternatives = tuple(a.without_images() for a in self.alternatives)
+        return replace(self, required=required, images={}, alternatives=alternatives)
 
     def with_image_keys(self, raw_to_ours: Mapping[str, str]) -> Standardization:
         """This entry reading other cameras: raw observation key (or "/"-path) -> our image key.
@@ -161,7 +132,7 @@ class Standardization:
             )
         images: dict[str, str] = {}
         for raw, ours in raw_to_ours.items():
-            path = raw if "/" in raw else f"observation/{raw}"
+            path = oxe_registry.camera_path(raw)
             if not is_image_key(ours):
                 raise DataError(f"camera {raw!r} is mapped to {ours!r}; image keys must start with 'image'")
             if ours in images:
@@ -170,7 +141,15 @@ class Standardization:
         old = set(self.images.values())
         required = {p: s for p, s in self.required.items() if p not in old}
         required.update({p: (None, None, 3) for p in images.values()})
-        return replace(self, required=required, images=images)
+        alternatives = tuple(a.with_image_keys(raw_to_ours) for a in self.alternatives)
+        return replace(self, required=required, images=images, alternatives=alternatives)
+
+    def layout_for(self, steps: Steps) -> Standardization:
+        """This entry, or the first alternative whose keys the steps all have (else this one, to report)."""
+        for layout in (self, *self.alternatives):
+            if all(_has(steps, path) for path in layout.required):
+                return layout
+        return self
 
     def check(self, steps: Steps, where: str) -> None:
         """Raise DataError unless every required raw key is there with its published per-step shape."""
@@ -179,8 +158,9 @@ class Standardization:
                 value = np.asarray(lookup(steps, path))
             except KeyError:
                 raise DataError(
-                    f"{where}: raw key {path!r} is missing; the {self.name!r} standardization expects "
-                    f"{sorted(self.required)}; pass the standardization that matches this dataset"
+                    f"{where}: raw key {path!r} is missing; the {self.name!r} layout reads "
+                    f"{sorted(self.required)}, the data has {_paths(steps)}; pass the standardization that "
+                    "matches this dataset or map it by config (data.mapping, docs/oxe.md)"
                 ) from None
             if shape is not None and not _shape_matches(value.shape[1:], shape):
                 if shape == (None, None, 3) and _is_grayscale(value.shape[1:]):
@@ -200,10 +180,13 @@ class Standardization:
 
     def __call__(self, steps: Steps, where: str) -> StandardSteps:
         """Raw batched steps -> StandardSteps; DataError (one line, naming `where`) when malformed."""
+        layout = self.layout_for(steps)
+        if layout is not self:
+            return layout(steps, where)
         self.check(steps, where)
         observations = self._observations(steps)
         if self.state:
-            parts = [np.asarray(lookup(steps, p), np.float32)[:, a:b] for p, a, b in self.state]
+            parts = [_flat(lookup(steps, p))[:, a:b] for p, a, b in self.state]
             observations[OBS_STATE] = np.concatenate(parts, axis=1)
         actions = np.asarray(self.action(steps), np.float32)
         language = _first_text(lookup(steps, self.language)) if self.language else ""
@@ -213,6 +196,26 @@ class Standardization:
         if self.images is None:
             return {k: np.asarray(v) for k, v in steps.get("observation", {}).items()}
         return {key: np.asarray(lookup(steps, path)) for key, path in self.images.items()}
+
+
+def _has(tree: Steps, path: str) -> bool:
+    try:
+        lookup(tree, path)
+    except KeyError:
+        return False
+    return True
+
+
+def _paths(tree: Any, prefix: str = "") -> list[str]:
+    """Every leaf path of a nested dict, for error messages."""
+    if not isinstance(tree, Mapping):
+        return [prefix]
+    return sorted(p for k, v in tree.items() for p in _paths(v, f"{prefix}/{k}" if prefix else str(k)))
+
+
+def _flat(values: Any) -> np.ndarray:
+    values = np.asarray(values, np.float32)
+    return values.reshape(len(values), -1)
 
 
 def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
@@ -227,8 +230,12 @@ def _is_grayscale(shape: tuple[int, ...]) -> bool:
 
 
 def _first_text(values: Any) -> str:
-    values = np.asarray(values).reshape(-1)
-    for value in values:
+    """The first non-empty instruction; integer rows are character codes (zero-padded), as in language_table."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu" and values.ndim == 2:
+        rows = ["".join(chr(int(c)) for c in row if c > 0) for row in values]
+        return next((text for text in rows if text), "")
+    for value in values.reshape(-1):
         text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
         if text:
             return text
@@ -249,139 +256,99 @@ def register(*names: str) -> Callable[[Standardization], Standardization]:
     return decorator
 
 
-def get_standardization(name: str) -> Standardization:
-    """The entry for a dataset name; UnknownNameError lists the registered names."""
+def get_standardization(name: str | Standardization) -> Standardization:
+    """The entry for a dataset name (an entry passes through); UnknownNameError lists the registered names."""
+    if isinstance(name, Standardization):
+        return name
     return STANDARDIZATIONS.get(name)
 
 
-def _concat(*columns: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(c, np.float32).reshape(len(c), -1) for c in columns], axis=1)
+# ---------------------------------------------------------------- rows -> entries
+def entry_from_row(row: DatasetRow, alternatives: tuple[DatasetRow, ...] = ()) -> Standardization:
+    """The registry entry that reads `row`'s layout (and, by their keys, the alternative layouts)."""
+    steps = oxe_registry.flatten(row.spec)
+    required: dict[str, tuple[int | None, ...] | None] = {}
+    for path, _, _ in (*row.action.keys, *row.state):  # actions first: a wrong layout fails on them
+        required[path] = steps[path].shape if path in steps else None
+    images = row.camera_paths()
+    required.update({path: (None, None, 3) for path in images.values()})
+    if row.language_key:
+        language = steps.get(row.language_key)
+        required[row.language_key] = language.shape if language else None
+    width = oxe_registry.keys_width(row.action_keys, steps)
+    success = None
+    if row.success_key:
+        success = functools.partial(_read_success, row.success_key, row.success_known_key)
+    present = {oxe_registry.camera_path(raw): flag for raw, flag in row.camera_present.items()}
+    alternates = tuple(entry_from_row(a) for a in alternatives)
+    for alternate in alternates:
+        present.update(alternate.image_present)
+    return Standardization(
+        name=row.name,
+        required=required,
+        action=functools.partial(convert_action, row.action),
+        state=row.state,
+        images=images,
+        language=row.language_key,
+        action_convention=row.action_transform,
+        action_dim=row.action.output_width(width) if width is not None else _eef_dim(row),
+        success=success,
+        image_present=present,
+        alternatives=alternates,
+    )
 
 
-# ---------------------------------------------------------------- RT-1 robot (Google), fractal20220817_data 0.1.0
-# action: world_vector (3,) and rotation_delta (3,) are commanded end-effector displacement / rpy rotation in
-# the base frame; gripper_closedness_action (1,) is a relative command (+1 close, -1 open, 0 keep).
-# observation: base_pose_tool_reached (7,) = end-effector position + quaternion; gripper_closed (1,).
-def _fractal_action(steps: Steps) -> np.ndarray:
-    act = steps["action"]
-    gripper = gripper_from_relative(act["gripper_closedness_action"][:, 0])
-    return _concat(act["world_vector"], act["rotation_delta"], gripper)
+def _eef_dim(row: DatasetRow) -> int | None:
+    """7 for end-effector transforms, whose width does not depend on the data; else unknown."""
+    return COMMON_ACTION_DIM if row.action_transform in EEF_TRANSFORMS else None
 
 
-def _fractal_success(episode: Mapping[str, Any]) -> bool | None:
-    aspects = episode.get("aspects")
-    if not aspects or not bool(aspects.get("has_aspects", False)):
+def _read_success(key: str, known_key: str | None, episode: Mapping[str, Any]) -> bool | None:
+    """The episode's success flag; None when it is missing or `known_key` says it was not labelled."""
+    try:
+        if known_key is not None and not bool(np.asarray(lookup(episode, known_key))):
+            return None
+        return bool(np.asarray(lookup(episode, key)))
+    except KeyError:
         return None
-    return bool(aspects["success"])
 
 
-register("fractal20220817_data")(
-    Standardization(
-        name="fractal20220817_data",
-        required={
-            "action/world_vector": (3,),
-            "action/rotation_delta": (3,),
-            "action/gripper_closedness_action": (1,),
-            "observation/base_pose_tool_reached": (7,),
-            "observation/gripper_closed": (1,),
-            "observation/image": (None, None, 3),
-            "observation/natural_language_instruction": (),
-        },
-        action=_fractal_action,
-        state=(
-            ("observation/base_pose_tool_reached", None, None),
-            ("observation/gripper_closed", None, None),
-        ),
-        images={IMAGE_PRIMARY: "observation/image"},
-        language="observation/natural_language_instruction",
-        success=_fractal_success,
-    )
-)
+def _register_table() -> None:
+    rows = oxe_registry.table_rows()
+    for row in rows.values():
+        entry = entry_from_row(row, tuple(rows[name] for name in row.alternatives))
+        register(row.name, *row.aliases)(entry)
 
 
-# ---------------------------------------------------------------- WidowX, bridge 0.1.0 (BridgeData V2)
-# action (7,) = [3 end-effector position deltas, 3 rotation deltas (rpy), 1 continuous gripper, 1 = open];
-# observation/state (7,) = [x, y, z, roll, pitch, yaw, gripper]; cameras image_0..image_3 (image_0 is the
-# fixed over-the-shoulder view). We keep the commanded deltas (Octo additionally relabels them from states).
-def _bridge_action(steps: Steps) -> np.ndarray:
-    action = np.asarray(steps["action"], np.float32)
-    return _concat(action[:, :6], gripper_from_continuous(action[:, 6]))
+def configured_standardization(
+    dataset: str, features: Any = None, name: str | None = None, mapping: Mapping[str, Any] | None = None
+) -> Standardization:
+    """The entry to read `dataset` with, from config: `name` (data.standardization) and `mapping`.
+
+    Without a mapping: the named entry, else the dataset's own; an unknown dataset fails with one line
+    saying how to map it by config. With a mapping: its fields replace those of the named (or the
+    dataset's own) table row, or describe the dataset from scratch. `features` (the dataset's TFDS
+    FeaturesDict) lets a wrong key fail here, listing the dataset's real keys.
+    """
+    if not mapping:
+        if name is None and dataset not in STANDARDIZATIONS:
+            raise UnknownNameError("OXE dataset", dataset, STANDARDIZATIONS.names(), MAP_BY_CONFIG)
+        return get_standardization(name or dataset)
+    rows = oxe_registry.table_rows()
+    by_name = {alias: row for row in rows.values() for alias in (row.name, *row.aliases)}
+    base_name = name or (dataset if dataset in by_name else None)
+    if base_name is not None and base_name not in by_name:
+        raise UnknownNameError("OXE table row", base_name, sorted(by_name), "data.mapping extends table rows")
+    base = by_name.get(base_name) if base_name else None
+    if base is not None and features is not None:  # the layout this copy has (bridge: two)
+        base = oxe_registry.matching_layout(base, [rows[n] for n in base.alternatives], features)
+    row = oxe_registry.apply_mapping(base, mapping, dataset)
+    if features is not None:
+        row = oxe_registry.with_features(row, features)
+    return entry_from_row(row)
 
 
-register("bridge", "bridge_dataset")(
-    Standardization(
-        name="bridge",
-        required={
-            "action": (7,),
-            "observation/state": (7,),
-            "observation/image_0": (None, None, 3),
-            "language_instruction": (),
-        },
-        action=_bridge_action,
-        state=(("observation/state", None, None),),
-        images={IMAGE_PRIMARY: "observation/image_0"},
-        language="language_instruction",
-        image_present={f"observation/image_{i}": f"episode_metadata/has_image_{i}" for i in range(4)},
-    )
-)
-
-
-# ---------------------------------------------------------------- Franka play (CALVIN format), taco_play 0.1.0
-# action/rel_actions_world (7,) = [3 tcp position deltas, 3 euler deltas in the robot base frame, gripper],
-# gripper binary with CALVIN's convention close = -1, open = +1 (the TFDS description states the reverse;
-# the CALVIN dataset docs and the Octo standardization agree on +1 = open).
-# observation/robot_obs (15,) = [tcp xyz (3), tcp euler (3), gripper width (1), arm joints (7), gripper action].
-def _taco_action(steps: Steps) -> np.ndarray:
-    rel = np.asarray(steps["action"]["rel_actions_world"], np.float32)
-    return _concat(rel[:, :6], gripper_from_signed(rel[:, 6]))
-
-
-register("taco_play")(
-    Standardization(
-        name="taco_play",
-        required={
-            "action/rel_actions_world": (7,),
-            "observation/robot_obs": (15,),
-            "observation/rgb_static": (None, None, 3),
-            "observation/rgb_gripper": (None, None, 3),
-            "observation/natural_language_instruction": (),
-        },
-        action=_taco_action,
-        state=(("observation/robot_obs", 0, 7),),
-        images={IMAGE_PRIMARY: "observation/rgb_static", IMAGE_WRIST: "observation/rgb_gripper"},
-        language="observation/natural_language_instruction",
-    )
-)
-
-
-# ---------------------------------------------------------------- UR5 (Berkeley AUTOLab), berkeley_autolab_ur5 0.1.0
-# action: world_vector (3,) delta xyz, rotation_delta (3,) delta rpy, gripper_closedness_action () relative
-# (+1 close, -1 open, 0 no change). observation/robot_state (15,) = [6 joint angles, x, y, z, qx, qy, qz, qw,
-# gripper_is_closed, action_blocked]; state keeps the end-effector pose and gripper, [6:14].
-def _ur5_action(steps: Steps) -> np.ndarray:
-    act = steps["action"]
-    gripper = gripper_from_relative(act["gripper_closedness_action"])
-    return _concat(act["world_vector"], act["rotation_delta"], gripper)
-
-
-register("berkeley_autolab_ur5")(
-    Standardization(
-        name="berkeley_autolab_ur5",
-        required={
-            "action/world_vector": (3,),
-            "action/rotation_delta": (3,),
-            "action/gripper_closedness_action": (),
-            "observation/robot_state": (15,),
-            "observation/image": (None, None, 3),
-            "observation/hand_image": (None, None, 3),
-            "observation/natural_language_instruction": (),
-        },
-        action=_ur5_action,
-        state=(("observation/robot_state", 6, 14),),
-        images={IMAGE_PRIMARY: "observation/image", IMAGE_WRIST: "observation/hand_image"},
-        language="observation/natural_language_instruction",
-    )
-)
+_register_table()
 
 
 # ---------------------------------------------------------------- our own layout (write_rlds)

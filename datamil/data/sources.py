@@ -13,7 +13,9 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from datamil.data.oxe_registry import plain
 from datamil.data.schema import Episode
 from datamil.data.splits import split_target
 from datamil.data.store import TrajectoryStore
@@ -218,6 +220,7 @@ class RLDSSource:
     prior_image_keys: dict[str, str] | None = None  # e.g. {image_1: image_primary}; None = the registry's
     target_image_keys: dict[str, str] | None = None  # the same for the target demos
     grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
+    mapping: dict | None = None  # read a dataset by config (docs/oxe.md); None = its registry entry
 
     def load(self, task: str) -> TaskData:
         if not self.prior or not self.target:
@@ -241,17 +244,34 @@ class RLDSSource:
         # only when set, so the caches of registry-camera, RGB data keep their keys
         config.update({"image_keys": image_keys} if image_keys else {})
         config.update({"grayscale_to_rgb": True} if self.grayscale_to_rgb else {})
+        config.update({"mapping": plain(self.mapping)} if self.mapping else {})
         store_dir = root / f"{Path(source).name}-{cache_key(config)}"
         if (store_dir / "meta.json").is_file():
             return TrajectoryStore.load(store_dir)
         return ingest_rlds(
             resolved,
             store_dir,
-            standardization=self.standardization,
+            standardization=self._standardization(resolved),
             data_dir=self.data_dir,
             max_episodes=max_episodes,
             image_keys=image_keys,
             grayscale_to_rgb=self.grayscale_to_rgb,
+        )
+
+    def _standardization(self, source: str) -> Any:
+        """The entry to read `source` with: `standardization` and `mapping` applied to its registry row.
+
+        Datasets in our own layout (write_rlds) describe themselves and ignore `mapping`; an unknown
+        dataset without a mapping fails here, saying how to map it by config.
+        """
+        from datamil.data.oxe import configured_standardization
+        from datamil.data.rlds import is_datamil_layout, open_builder
+
+        builder = open_builder(source, self.data_dir)
+        if is_datamil_layout(builder.info.features):
+            return self.standardization
+        return configured_standardization(
+            builder.name, builder.info.features, self.standardization, self.mapping
         )
 
 

@@ -41,7 +41,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs"
 
 
 def synthetic_store(n_episodes: int = 60, length: int = 180, seed: int = 0) -> TrajectoryStore:
-    """About 11k steps of smooth random trajectories: the size of the MetaWorld prior in NOTES.md."""
+    """About 11k steps of smooth random trajectories: the prior size in docs/notes.md, "MetaWorld prior size"."""
     rng = np.random.default_rng(seed)
     episodes = []
     for i in range(n_episodes):

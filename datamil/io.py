@@ -1,15 +1,49 @@
-"""Atomic writes: an artifact either appears whole or not at all (write to a temp path, then rename)."""
+"""Atomic writes: an artifact either appears whole or not at all (write to a temp path, then rename).
+
+Temp paths are created with the default permissions (files 0666, folders 0777, less the user's umask),
+not tempfile's private 0600 / 0700: the rename publishes them as they are, and an output must be as
+readable as any file the user writes.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def _create_sibling(path: Path, suffix: str, create: Any) -> Any:
+    """create(tmp) on a fresh hidden sibling name of `path`, retried while the name is taken."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{suffix}")
+        try:
+            return create(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
+def temp_file(path: str | os.PathLike, suffix: str = "") -> tuple[int, Path]:
+    """(fd, temp path) of a new file next to `path`, mode 0666 & ~umask (mkstemp would make it 0600)."""
+    path = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    return _create_sibling(path, suffix, lambda tmp: (os.open(tmp, flags, 0o666), tmp))
+
+
+def temp_dir(path: str | os.PathLike) -> Path:
+    """A new folder next to `path`, mode 0777 & ~umask (mkdtemp would make it 0700)."""
+    path = Path(path)
+
+    def create(tmp: Path) -> Path:
+        tmp.mkdir(0o777)
+        return tmp
+
+    return _create_sibling(path, "", create)
 
 
 @contextmanager
@@ -17,7 +51,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     """Yield a temporary sibling directory; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir(path)
     try:
         yield tmp
         if path.exists():
@@ -37,13 +71,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

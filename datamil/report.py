@@ -34,6 +34,15 @@ def _outcome(success: bool | None) -> str:
     return {True: "success", False: "failure", None: "unknown"}[success]
 
 
+def success_count(successes: list[bool | None]) -> str:
+    """Successful episodes as "k of n"; those without a success flag are counted apart, never as failures."""
+    n, unknown = len(successes), sum(s is None for s in successes)
+    if n and unknown == n:
+        return "unknown (no success flags)"
+    counted = f"{sum(bool(s) for s in successes)} of {n}"
+    return f"{counted} ({unknown} unknown)" if unknown else counted
+
+
 def composition(tasks: list[str], successes: list[bool | None], mask: np.ndarray) -> dict[str, Counter]:
     """Counts of (task, outcome) over the whole prior and over the selected episodes."""
     pairs = [(t, _outcome(s)) for t, s in zip(tasks, successes, strict=True)]

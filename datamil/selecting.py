@@ -19,7 +19,7 @@ from datamil.cotraining import PolicyFactory, build_policy
 from datamil.data.sources import TaskData
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
-from datamil.report import write_selection_report
+from datamil.report import success_count, write_selection_report
 from datamil.selection import Selection, per_trajectory, write_selection
 from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
 
@@ -151,7 +151,7 @@ def _write_report(
         "prior": f"{prior.n_episodes} trajectories, {prior.n_steps} steps",
         "target-train / target-val": f"{data.target_train.n_episodes} / {data.target_val.n_episodes} demos",
         "selected": f"{len(chosen)} trajectories ({len(chosen) / prior.n_episodes:.0%} of the prior)",
-        "selected successes": f"{sum(bool(s) for s in picked_success)} of {len(chosen)}",
+        "selected successes": success_count(picked_success),
         "selected from the target task": f"{sum(prior.episodes.task[i] == data.task for i in chosen)}",
         "score range": f"{traj.min():.4g} … {traj.max():.4g} (negative = lowers target-val loss)",
     }

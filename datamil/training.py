@@ -101,7 +101,7 @@ def adamw_step(
 
     p <- p - lr * (wd * p + m_hat / sqrt(v_hat + eps^2)), with m_hat, v_hat bias-corrected at t = step + 1.
     eps sits inside the root: sqrt'(0) is infinite, and v is exactly 0 for parameters that have not
-    had a gradient yet, which makes `sqrt(v) + eps` give NaN metagradients (NOTES.md, "NaN trap").
+    had a gradient yet, which makes `sqrt(v) + eps` give NaN metagradients (docs/notes.md, "NaN trap").
     """
     if cfg.grad_clip is not None:
         grads = clip_grads(grads, cfg.grad_clip)

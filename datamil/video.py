@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
+from datamil.io import temp_file
 from sim_tasks.render import CameraConfig
 
 GL_FIX = (
@@ -177,9 +177,8 @@ class AtomicMp4:
 
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=".mp4", dir=path.parent)
+        fd, self.tmp = temp_file(path, suffix=".mp4")  # default permissions, unlike mkstemp
         os.close(fd)
-        self.tmp = Path(tmp)
         self.frames = 0
         self._writer = imageio.get_writer(
             self.tmp,
@@ -198,9 +197,6 @@ class AtomicMp4:
 
     def commit(self) -> Path:
         self._writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; a video is an ordinary file
         os.replace(self.tmp, self.path)
         return self.path
 

@@ -228,18 +228,24 @@ class NotAPolicy:
 def test_error_paths_are_one_line_datamil_errors(stores):
     train, val, _ = stores
     run = ESTIMATORS.get("metagrad")
-    with pytest.raises(DatamilError, match="per_sample_loss"):
+    raised = []
+    with pytest.raises(DatamilError, match="per_sample_loss") as info:
         run(NotAPolicy(), train, val)
-    with pytest.raises(DatamilError, match="target-validation set is empty"):
+    raised.append(info.value)
+    with pytest.raises(DatamilError, match="target-validation set is empty") as info:
         run(TinyGelu(), train, None)
-    with pytest.raises(DatamilError, match="NaN"):
+    raised.append(info.value)
+    with pytest.raises(DatamilError, match="NaN") as info:
         check_scores(np.array([0.0, np.nan]), 2, "metagrad")
-    with pytest.raises(DatamilError, match="include_target_train"):
+    raised.append(info.value)
+    with pytest.raises(DatamilError, match="include_target_train") as info:
         run(TinyGelu(), train, val, include_target_train=True)
-    with pytest.raises(DatamilError, match="unknown estimator"):
+    raised.append(info.value)
+    with pytest.raises(DatamilError, match="unknown estimator") as info:
         ESTIMATORS.get("nope")
-    for err in (DatamilError("x"),):
-        assert "\n" not in str(err)
+    raised.append(info.value)
+    for err in raised:
+        assert "\n" not in str(err), str(err)
 
 
 @pytest.mark.parametrize("name", ["metagrad", "truncated", "regression", "influence"])
@@ -254,7 +260,9 @@ def test_estimator_config_instantiates_to_the_registered_estimator(name):
     estimate = instantiate(cfg)
     assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
     assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)
-    assert estimate.keywords["proxy"].optim.grad_clip is None and estimate.keywords["proxy"].optim.eps >= 1e-3
+    optim = estimate.keywords["proxy"].optim  # the settings the config's comment says differ from co-training
+    assert (optim.eps, optim.grad_clip, optim.warmup_steps, optim.min_lr_ratio) == (1e-2, None, 0, 1.0)
+    assert optim.total_steps == 400
 
 
 def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, caplog):
@@ -274,3 +282,30 @@ def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, capl
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
         run(TinyGelu(), train, val, 0, proxy=proxy(steps=12, batch=8))
     assert caplog.text == ""
+
+
+def test_estimator_costs_are_warm_interleaved_medians_on_the_shipped_pool(stores, monkeypatch):
+    """`python -m datamil.lds` times warm rounds (training run, then each estimator) and, like `select`,
+    trains its proxies on prior + target-train by default."""
+    import datamil.datamodels.lds as lds_lib
+    from datamil.lds import parse_args
+
+    assert parse_args([]).include_target_train and not parse_args(["--no-include-target-train"]).include_target_train
+    train, val, target_train = stores
+    calls = []
+    real = lds_lib.train_proxy
+
+    def spy(policy, pool, cfg, seed):
+        calls.append((cfg.steps, pool.size))
+        return real(policy, pool, cfg, seed)
+
+    monkeypatch.setattr(lds_lib, "train_proxy", spy)
+    data = {"target_train_store": target_train, "include_target_train": True}
+    costs = lds_lib.estimator_costs(TinyGelu(), train, val, {"metagrad": {}}, proxy(), 0, repeats=3, **data)
+    pool_size = train.n_steps + target_train.n_steps
+    assert calls == [(10, pool_size)] + [(12, pool_size)] * 3  # one short warm-up run, then one per round
+    exact = ESTIMATORS.get("metagrad")(TinyGelu(), train, val, 0, proxy=proxy(), **data).scores
+    np.testing.assert_array_equal(costs.scores["metagrad"], exact)
+    assert costs.train_s > 0 and costs.wall_s["metagrad"] > 0 and np.isfinite(costs.ratio["metagrad"])
+    with pytest.raises(DatamilError, match="repeats"):
+        lds_lib.estimator_costs(TinyGelu(), train, val, {"metagrad": {}}, proxy(), 0, repeats=0)

@@ -243,7 +243,8 @@ def test_every_robot_config_loads_and_validates_without_hardware(entry, robot):
     arm = build_robot(cfg)  # constructs only: no SDK import, no connection
     safety, loop = build_safety(cfg, arm), build_loop(cfg)
     assert arm.action_space.dim == {"sim": 4, "lerobot": 6}.get(robot, 7)
-    assert loop.rate_hz > 0 and safety.limits.watchdog_deadline_s <= safety.limits.watchdog_stop_s
+    assert loop.rate_hz == cfg.control.rate_hz and loop.max_steps == cfg.control.max_steps
+    assert safety.limits.watchdog_stop_s == cfg.safety.watchdog_stop_s  # the robot's own limits, not defaults
 
 
 def test_serve_config_requires_a_checkpoint():
@@ -254,3 +255,85 @@ def test_serve_config_requires_a_checkpoint():
         cfg = compose(config_name="serve")
     with pytest.raises(MissingMandatoryValue):
         _ = cfg.checkpoint
+
+
+class FakeController:
+    """ur-rtde's control box as far as URArm uses it: a TCP pose and eight standard digital outputs."""
+
+    def __init__(self) -> None:
+        self.outputs, self.servo_calls = [False] * 8, 0
+
+    def module(self, cls: str):
+        import types
+
+        ctrl = self
+
+        class Interface:
+            def __init__(self, host: str) -> None:
+                self.host = host
+
+            def getActualTCPPose(self):  # ur-rtde's names
+                return [0.1, -0.4, 0.3, 0.0, 3.14, 0.0]
+
+            def getDigitalOutState(self, pin):
+                return ctrl.outputs[pin]
+
+            def setStandardDigitalOut(self, pin, level):
+                ctrl.outputs[pin] = bool(level)
+                return True
+
+            def servoL(self, *args):
+                ctrl.servo_calls += 1
+
+            def servoStop(self):
+                pass
+
+            def moveJ(self, q):
+                pass
+
+            def stopScript(self):
+                pass
+
+            def disconnect(self):
+                pass
+
+        return types.SimpleNamespace(**{cls: Interface})
+
+
+def fake_rtde(monkeypatch) -> FakeController:
+    import sys
+
+    ctrl = FakeController()
+    for name, cls in (("rtde_control", "RTDEControlInterface"), ("rtde_receive", "RTDEReceiveInterface"),
+                      ("rtde_io", "RTDEIOInterface")):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, ctrl.module(cls))
+    return ctrl
+
+
+def test_ur_gripper_is_a_digital_output_read_back_from_the_controller(monkeypatch):
+    from real_robot.drivers.ur import URArm
+
+    ctrl = fake_rtde(monkeypatch)
+    arm = URArm("192.168.1.10", gripper_output=3)
+    arm.connect()
+    assert arm.home()["gripper"] == 1.0 and ctrl.outputs[3] is False  # homed open: close level (high) off
+    arm.apply(np.array([0, 0, 0, 0, 0, 0, 0.1]))
+    assert ctrl.outputs[3] is True and arm.observe()["gripper"] == 0.0  # closed, as the controller reports
+    ctrl.outputs[3] = False  # something else (a program, the teach pendant) opens it
+    assert arm.observe()["gripper"] == 1.0 and arm.observe()["state"][6] == 1.0  # measured, not the command
+    arm.close()
+    with pytest.raises(DatamilError, match="gripper_output=8"):
+        URArm("192.168.1.10", gripper_output=8)
+
+
+def test_ur_without_a_gripper_drives_no_output_and_reports_a_constant(monkeypatch):
+    from real_robot.drivers.ur import URArm
+
+    ctrl = fake_rtde(monkeypatch)
+    arm = URArm("192.168.1.10")
+    arm.connect()
+    arm.home()
+    arm.apply(np.array([0, 0, 0, 0, 0, 0, 0.0]))  # a close command goes nowhere
+    assert ctrl.servo_calls == 1 and not any(ctrl.outputs) and arm._io is None
+    assert arm.observe()["gripper"] == 1.0  # gripper_open, not the last command
+    arm.close()

@@ -111,3 +111,25 @@ def test_selection_file_errors(tmp_path):
         read_selection(tmp_path / "bad.json")
     with pytest.raises(DatamilError, match="cannot read"):
         read_selection(tmp_path / "missing.json")
+
+
+def test_report_counts_unknown_success_apart(tmp_path):
+    from datamil.data.sources import TaskData
+    from datamil.report import success_count
+    from datamil.selecting import _write_report
+
+    assert success_count([True, False]) == "1 of 2"
+    assert success_count([True, None, False, None, None]) == "1 of 5 (3 unknown)"
+    assert success_count([None]) == "unknown (no success flags)"
+    assert success_count([]) == "0 of 0"
+    flags = [True, None, False, None, None]
+    episodes = [
+        Episode({"state": np.zeros((3, 2))}, np.zeros((3, 1)), EpisodeMeta(f"ep{i}", "d", "t", s))
+        for i, s in enumerate(flags)
+    ]
+    prior = TrajectoryStore.from_episodes(episodes)
+    data = TaskData("t", prior, prior.subset([0]), prior.subset([2]))
+    report = _write_report(tmp_path, data, np.arange(5.0), np.array([0, 1, 3]), "metagrad", [0])
+    assert "- **selected successes**: 1 of 3 (2 unknown)" in report.read_text()
+    report = _write_report(tmp_path, data, np.arange(5.0), np.array([1]), "metagrad", [0])
+    assert "- **selected successes**: unknown (no success flags)" in report.read_text()

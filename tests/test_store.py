@@ -138,3 +138,22 @@ def test_concat_keeps_order_and_recomputes_stats(episodes):
     np.testing.assert_allclose(both.stats["ds"]["obs/state"].mean, whole.stats["ds"]["obs/state"].mean)
     with pytest.raises(DataError, match="duplicate episode ids"):
         TrajectoryStore.concat([first, first])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_the_users_default_permissions(tmp_path, episodes, umask):
+    """Atomic writes publish their temp paths: files 0666 & ~umask and folders 0777 & ~umask, not 0600 / 0700."""
+    import os
+    import stat
+
+    from datamil.io import atomic_write_text
+
+    previous = os.umask(umask)
+    try:
+        written = atomic_write_text(tmp_path / "report.md", "hello\n")
+        store = TrajectoryStore.from_episodes(episodes).save(tmp_path / "store")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(store.stat().st_mode) == 0o777 & ~umask
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask for p in store.iterdir() if p.is_file())

@@ -199,16 +199,67 @@ def run_estimators(
     estimators: dict[str, dict],
     proxy: ProxyConfig,
     seed: int,
+    target_train_store: TrajectoryStore | None = None,
+    include_target_train: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Scores and wall seconds of each registered estimator name -> its keyword arguments."""
     scores, walls = {}, {}
+    data = {"target_train_store": target_train_store, "include_target_train": include_target_train}
     for name, kwargs in estimators.items():
         start = time.perf_counter()
         scores[name] = ESTIMATORS.get(name)(
-            policy, train_store, target_val_store, seed, proxy=proxy, **kwargs
+            policy, train_store, target_val_store, seed, proxy=proxy, **data, **kwargs
         ).scores
         walls[name] = time.perf_counter() - start
     return scores, walls
+
+
+@dataclass
+class EstimatorCosts:
+    """Warm costs: median wall seconds and median (wall ÷ the same round's proxy training run) per name."""
+
+    scores: dict[str, np.ndarray]
+    wall_s: dict[str, float]
+    ratio: dict[str, float]
+    train_s: float
+
+
+def estimator_costs(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    estimators: dict[str, dict],
+    proxy: ProxyConfig,
+    seed: int,
+    repeats: int = 3,
+    target_train_store: TrajectoryStore | None = None,
+    include_target_train: bool = False,
+) -> EstimatorCosts:
+    """Scores and warm costs of every estimator, timed in `repeats` interleaved rounds.
+
+    A first (cold) call carries one-off warm-up and flatters whatever it is divided into, so the proxy
+    run and every estimator first run once on a 10-step proxy; then each round times one proxy training
+    run and every estimator after it, and each ratio divides by its own round's training run
+    (docs/notes.md, "Timing estimators"). Scores are deterministic; those of the last round are kept.
+    """
+    if repeats < 1:
+        raise DatamilError(f"repeats={repeats} must be at least 1")
+    data = {"target_train_store": target_train_store, "include_target_train": include_target_train}
+    pool, _ = prepare(policy, train_store, target_val_store, **data)
+    short = proxy.with_steps(min(10, proxy.steps))
+    train_proxy(policy, pool, short, seed)
+    run_estimators(policy, train_store, target_val_store, estimators, short, seed, **data)
+    trains, walls = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_proxy(policy, pool, proxy, seed)
+        trains.append(time.perf_counter() - start)
+        scores, wall = run_estimators(policy, train_store, target_val_store, estimators, proxy, seed, **data)
+        walls.append(wall)
+    wall_s = {name: float(np.median([w[name] for w in walls])) for name in estimators}
+    rounds = list(zip(walls, trains, strict=True))
+    ratio = {name: float(np.median([w[name] / t for w, t in rounds])) for name in estimators}
+    return EstimatorCosts(scores, wall_s, ratio, float(np.median(trains)))
 
 
 def format_table(rows: list[LdsRow]) -> str:
@@ -231,13 +282,19 @@ def compare_estimators(
     n_models: int = 50,
     alpha: float = 0.5,
     mode: str = "resample",
+    repeats: int = 3,
+    target_train_store: TrajectoryStore | None = None,
+    include_target_train: bool = False,
 ) -> tuple[list[LdsRow], float]:
-    """Run every estimator, then score all of them on the same fresh subsets: (rows, one training run s)."""
-    base = proxy_training_seconds(policy, train_store, target_val_store, proxy, seed)
-    scores, walls = run_estimators(policy, train_store, target_val_store, estimators, proxy, seed)
+    """Run every estimator, then score all of them on the same fresh subsets: (rows, one training run s).
+
+    Costs are warm medians over `repeats` interleaved rounds (`estimator_costs`).
+    """
+    data = {"target_train_store": target_train_store, "include_target_train": include_target_train}
+    costs = estimator_costs(policy, train_store, target_val_store, estimators, proxy, seed, repeats, **data)
     rows, _, _ = linear_datamodeling_score(
-        policy, train_store, target_val_store, scores, proxy, seed, n_models, alpha, mode
+        policy, train_store, target_val_store, costs.scores, proxy, seed, n_models, alpha, mode, **data
     )
     for row in rows:
-        row.wall_s, row.cost_ratio = walls[row.name], walls[row.name] / base
-    return rows, base
+        row.wall_s, row.cost_ratio = costs.wall_s[row.name], costs.ratio[row.name]
+    return rows, costs.train_s

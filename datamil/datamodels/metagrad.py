@@ -1,5 +1,5 @@
-"""Exact metagradients through the whole proxy run (REPLAY-style; Engstrom et al. 2025, "Optimizing ML
-Training with Metagradient Descent"), the DataMIL default estimator.
+"""Exact metagradients through the whole proxy run (Engstrom et al. 2025, "Optimizing ML Training with
+Metagradient Descent"), with single-level segment checkpointing; the DataMIL default estimator.
 
 Every pool sample carries a data weight w_i (= 1). One training step is the map
 
@@ -10,11 +10,13 @@ Every pool sample carries a data weight w_i (= 1). One training step is the map
     scores[i] = dS(theta_T)/dw_i = sum_{t: i in B_t} zbar_{t+1}^T df_t/dw_i,
     zbar_t = (df_t/dz_t)^T zbar_{t+1},   zbar_T = (dS/dtheta_T, 0, 0).                        (adjoint)
 
-The forward run stores z at the start of every segment of `checkpoint_every` steps. The reverse pass
-re-runs each segment keeping every step's autograd graph (the re-run *is* the reverse pass's primal pass,
-so nothing is computed twice), then pulls the adjoint back step by step and scatter-adds the weight cotangents into an
-(n_scored,) buffer. The last segment is recorded during the forward run itself. Memory: O(checkpoints x
-|z| + segment x graph), not O(steps x |z|).
+Single-level segment checkpointing (not REPLAY's nested, logarithmic scheme): the forward run stores z
+once at the start of every segment of `checkpoint_every` steps. The reverse pass re-runs each segment
+exactly once, keeping every step's autograd graph (the re-run *is* the reverse pass's primal pass, so
+nothing is computed twice), then pulls the adjoint back step by step and scatter-adds the weight
+cotangents into an (n_scored,) buffer. The last segment is recorded during the forward run itself.
+Memory: O(steps / segment x |z| + segment x graph), not O(steps x |z|); time: the re-runs of all but
+the last segment, under one extra training run.
 """
 
 from __future__ import annotations

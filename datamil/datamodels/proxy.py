@@ -39,7 +39,7 @@ def subset_rows(pool: TrainPool, n_prior_episodes: int, masks: np.ndarray) -> li
 
 
 def smooth_optim() -> OptimConfig:
-    """Defaults for a differentiated proxy run: Adam eps 1e-2 (inside the root), no clipping (NOTES.md)."""
+    """Defaults for a differentiated proxy run: Adam eps 1e-2 (inside the root), no clipping (docs/notes.md, "Metasmoothness")."""
     return OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=400, min_lr_ratio=1.0, grad_clip=None)
 
 

@@ -28,7 +28,7 @@ class GaussianPolicy(Policy):
     """obs -> (mu, log sigma) by an MLP; act = tanh(mu), the mode of the squashed distribution's core.
 
     log sigma is squashed smoothly into [log_std_min, log_std_max] (no hard clamp, so the loss surface
-    stays smooth for metagradients; GELU for the same reason, NOTES.md "metasmoothness").
+    stays smooth for metagradients; GELU for the same reason, docs/notes.md, "Metasmoothness").
     """
 
     def __init__(

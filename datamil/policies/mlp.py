@@ -16,7 +16,7 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiL
 def mlp(sizes: Sequence[int], activation: str = "gelu") -> nn.Sequential:
     """Linear layers with `activation` between them (none after the last).
 
-    GELU by default: exact metagradients need a smooth loss surface (see NOTES.md, "metasmoothness").
+    GELU by default: exact metagradients need a smooth loss surface (docs/notes.md, "Metasmoothness").
     """
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):

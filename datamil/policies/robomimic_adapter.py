@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from datamil.data.store import ACTION, OBS_PREFIX, REWARD, TrajectoryStore
 from datamil.errors import DatamilError
+from datamil.io import temp_file
 
 ALGOS = {"bc": False, "bc_rnn": True}  # datamil name -> robomimic "bc" with the RNN enabled?
 
@@ -95,7 +95,7 @@ def store_to_robomimic(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = temp_file(path)  # default permissions, unlike mkstemp's 0600
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:

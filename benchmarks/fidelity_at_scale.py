@@ -134,9 +134,13 @@ def estimator_calls(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict
     calls = {}
     for variant in args.variants:
         calls[f"metagrad/{variant}"] = ("metagrad", {"include_target_train": True}, VARIANTS[variant])
+    extra = {  # settings that keep each at about the compute of one metagradient
+        "truncated": {"window": 50},
+        "regression": {"n_models": args.regression_models},
+        "trak": {"proj_dim": 256, "steps_per_trajectory": args.trak_steps},
+    }
     for name in args.others:
-        kwargs = {"include_target_train": True} | ({"window": 50} if name == "truncated" else {})
-        kwargs |= {"n_models": args.regression_models} if name == "regression" else {}
+        kwargs = {"include_target_train": True} | extra.get(name, {})
         calls[f"{name}/{args.others_variant}"] = (name, kwargs, VARIANTS[args.others_variant])
     return calls
 
@@ -231,9 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         "--proxy-seeds", type=int, default=1, help="average estimator scores over this many seeds"
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--others", nargs="*", default=["truncated", "influence", "regression"])
+    parser.add_argument("--others", nargs="*", default=["truncated", "influence", "regression", "trak"])
     parser.add_argument("--others-variant", default="uniform", choices=list(VARIANTS))
     parser.add_argument("--regression-models", type=int, default=4, help="regression proxies (equal compute)")
+    parser.add_argument("--trak-steps", type=int, default=8, help="TRAK: featurized steps per trajectory")
     parser.add_argument("--work", default="outputs/fidelity_at_scale", help="cache of truths and scores")
     parser.add_argument("--out", default=str(RESULTS), help="where the CSVs and tables go")
     parser.add_argument("--threads", type=int, default=1)

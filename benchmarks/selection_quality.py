@@ -363,11 +363,23 @@ def prepare(cfg: DictConfig) -> Plan:
     return plan
 
 
+def finished_rows(out: Path) -> list[dict]:
+    """Every finished run of an output directory, whichever process ran it: processes (or launcher jobs)
+    that run disjoint tasks or seeds into one directory all add to one table, and a killed run is redone
+    alone by running the same command again."""
+    return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/*/seed*/row.json"))]
+
+
 def run_benchmark(cfg: DictConfig) -> list[dict]:
-    """Run (or resume) every run of the config and write runs.csv, results.md and success.png."""
+    """Run (or resume) every run of the config; write runs.csv, results.md and success.png over every
+    finished run of the output directory."""
     plan = prepare(cfg)
-    rows = run_all(plan, lambda rows: tables.write_csv(rows, plan.out / "runs.csv"), "benchmark runs")
-    write_outputs(rows, plan.out, plan.methods)
+    run_all(
+        plan, lambda _: tables.write_csv(finished_rows(plan.out), plan.out / "runs.csv"), "benchmark runs"
+    )
+    rows = finished_rows(plan.out)
+    methods = list(dict.fromkeys([*plan.methods, *(r["method"] for r in rows)]))
+    write_outputs(rows, plan.out, methods)
     return rows
 
 

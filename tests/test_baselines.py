@@ -377,6 +377,10 @@ def test_tiny_selection_quality_benchmark(bench, tmp_path):
     assert all(f"| {bench.tables.label(m)} |" in table for m in methods) and "Spearman" in table
     again = bench.main(["--preset", "tiny", *overrides])  # resumes: every run is read back, not re-run
     assert [r["success_rate"] for r in again] == [r["success_rate"] for r in rows]
+    # another process (or launcher job) adds a seed to the same directory: one table over every finished run
+    gathered = bench.main(["--preset", "tiny", *overrides, "methods=[target_only]", "seeds=[1]"])
+    assert len(gathered) == len(rows) + 1 and {r["seed"] for r in gathered} == {0, 1}
+    assert len(bench.tables.read_rows(tmp_path / "out" / "runs.csv")) == len(rows) + 1
     pilot = ["+test_candidates=[metaworld/reach]", "+pilot.max_success=1.01", "+pilot.n_test_tasks=1"]
     (picked,) = bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot])
     assert picked["seed"] == 100 and picked["test_task"] == "yes"  # its own seed: benchmark runs stay fresh

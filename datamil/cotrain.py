@@ -6,8 +6,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datamil.cli import CONFIG_DIR, one_line_errors, require_task, run_dir_of, save_config
-from datamil.cotraining import build_mixture, cotrain
+from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
+from datamil.cotraining import build_mixture, cotrain, reads_state
 from datamil.logger import make_logger
 from datamil.selection.selection_io import read_selection
 
@@ -25,17 +25,26 @@ def selected_ids(selection: str | None, prior_ids: list[str]) -> list[str]:
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     task = require_task(cfg, "python -m datamil.cotrain selection=<run>/selection.json")
+    require_values(cfg)
     run_dir = run_dir_of()
     config = save_config(cfg, run_dir)
     data = instantiate(cfg.data).load(task)
     ids = selected_ids(cfg.selection, data.prior.episodes.episode_id)
     t = cfg.training
+    policy = instantiate(cfg.policy)
     mixture = build_mixture(
-        data.target_train, data.prior, ids, cfg.target_ratio, cfg.prior_ratio, t.batch_size, t.seed
+        data.target_train,
+        data.prior,
+        ids,
+        cfg.target_ratio,
+        cfg.prior_ratio,
+        t.batch_size,
+        t.seed,
+        use_state=reads_state(policy),
     )
     logger = make_logger(cfg.logger, run_dir, config)
     path, result = cotrain(
-        instantiate(cfg.policy),
+        policy,
         mixture,
         t.steps,
         instantiate(t.optim),

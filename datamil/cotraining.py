@@ -16,7 +16,7 @@ from datamil.checkpoint import save_policy
 from datamil.data.sampling import MixtureSampler
 from datamil.data.schema import is_image_key
 from datamil.data.store import TrajectoryStore
-from datamil.errors import DatamilError
+from datamil.errors import DataError, DatamilError
 from datamil.logger import Logger
 from datamil.policies.base import OBS_STATE_KEY, Policy
 from datamil.policies.vision import conform_store
@@ -58,6 +58,42 @@ def _build_image_policy(factory: PolicyFactory, store: TrajectoryStore) -> Polic
     )
 
 
+def reads_state(factory: PolicyFactory) -> bool:
+    """Whether the policy reads the state vector: state policies do, image policies unless use_state=False."""
+    if not getattr(getattr(factory, "func", factory), "reads_images", False):
+        return True
+    return bool(getattr(factory, "keywords", {}).get("use_state", True))
+
+
+def state_mismatch(prior: TrajectoryStore, other: TrajectoryStore, name: str) -> str | None:
+    """A one-line explanation when `other`'s state vector differs in size from the prior's, else None.
+
+    Checked where the stores meet (selection, the co-training mixture): past there a mismatch is a numpy
+    traceback deep inside training.
+    """
+    ours, theirs = prior.arrays.get(OBS_STATE_KEY), other.arrays.get(OBS_STATE_KEY)
+    if ours is None or theirs is None or ours.shape[1:] == theirs.shape[1:]:
+        return None
+    return (
+        f"the prior's state is {tuple(ours.shape[1:])} per step but the {name} state is "
+        f"{tuple(theirs.shape[1:])}; use an image-only policy (policy=bc_image_only) or map both to the "
+        "same state (data.mapping={state_keys: [...]})"
+    )
+
+
+def _mixable(
+    target: TrajectoryStore, chosen: TrajectoryStore, use_state: bool
+) -> tuple[TrajectoryStore, TrajectoryStore]:
+    """Target and chosen prior episodes whose states concatenate: the same size, or (use_state=False) none."""
+    mismatch = state_mismatch(chosen, target, "target-train")
+    if mismatch is None:
+        return target, chosen
+    if use_state:
+        raise DataError(mismatch)
+    keep = set(target.arrays) - {OBS_STATE_KEY}
+    return conform_store(target, keep, {}), conform_store(chosen, keep, {})
+
+
 @dataclass
 class Mixture:
     """The co-training data: one store (target episodes first) and a sampler over its two pools."""
@@ -89,10 +125,13 @@ def build_mixture(
     prior_ratio: float,
     batch_size: int,
     seed: int,
+    use_state: bool = True,
 ) -> Mixture:
     """Target-train + the selected prior episodes; each batch draws target:prior in the given ratio.
 
-    With no prior episodes selected the batch is all target data (target-only training).
+    With no prior episodes selected the batch is all target data (target-only training). States of
+    different sizes fail on one line, unless the policy reads no state (`use_state=False`, see
+    reads_state): then they are left out.
     """
     if not (target_ratio > 0 and prior_ratio > 0):
         raise DatamilError(
@@ -101,7 +140,8 @@ def build_mixture(
         )
     parts = [target_train]
     if selected_ids:
-        parts.append(in_target_layout(prior.subset(prior.index_of(selected_ids)), target_train))
+        target, chosen = _mixable(target_train, prior.subset(prior.index_of(selected_ids)), use_state)
+        parts = [target, in_target_layout(chosen, target)]
     store = TrajectoryStore.concat(parts)
     n_target_steps = target_train.n_steps
     pools = [np.arange(n_target_steps)]

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from datamil.cli import CONFIG_DIR, one_line_errors, require_task, run_dir_of, save_config
+from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
 from datamil.selecting import run_selection
 
 
@@ -15,6 +15,8 @@ from datamil.selecting import run_selection
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     task = require_task(cfg, "python -m datamil.select")
+    require_values(cfg)
+    selection_cfg = instantiate(cfg.selection)  # a bad budget or percentile fails here, before any work
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     run_dir = run_dir_of()
@@ -27,7 +29,7 @@ def main(cfg: DictConfig) -> None:
         instantiate(cfg.policy),
         instantiate(cfg.estimator),
         estimator,
-        instantiate(cfg.selection),
+        selection_cfg,
         seeds,
         run_dir,
         config,

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from datamil.cotraining import PolicyFactory, build_policy
+from datamil.cotraining import PolicyFactory, build_policy, reads_state, state_mismatch
 from datamil.data.sources import TaskData
-from datamil.errors import DatamilError
+from datamil.data.store import TrajectoryStore
+from datamil.errors import DataError, DatamilError
 from datamil.io import atomic_write_npz
+from datamil.policies.base import OBS_STATE_KEY
 from datamil.report import success_count, write_selection_report
 from datamil.selection import Selection, per_trajectory, write_selection
 from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
 
 # (policy, prior store, target-val store, rng_seed=..., target_train_store=...) -> (N_prior_steps,) scores
 EstimateFn = Callable[..., np.ndarray]
+CONSTANT_SPREAD = 1e-6  # a state dimension whose max - min is at most this is constant (the normalizer's eps)
+logger = logging.getLogger(__name__)
 
 
 def fingerprint(settings: dict) -> str:
@@ -53,8 +58,63 @@ def seed_scores(
         estimate(policy, data.prior, data.target_val, rng_seed=seed, target_train_store=data.target_train),
         np.float64,
     )
-    atomic_write_npz(path, scores=scores, fingerprint=np.array(key))
+    atomic_write_npz(path, scores=check_scores(scores), fingerprint=np.array(key))
     return scores
+
+
+def check_scores(scores: np.ndarray) -> np.ndarray:
+    """Refuse scores no selection can come from, before they are saved for re-runs to reuse."""
+    if np.all((scores == 0) | ~np.isfinite(scores)):
+        raise DatamilError(
+            "every datamodel score is 0 or not finite: the estimator could not tell the prior trajectories "
+            "apart; likely a state dimension constant in the prior but varying in the target (see the "
+            "warning above; use data.mapping or policy=bc_image_only), or a proxy run too short to draw "
+            "the prior's samples (raise estimator.proxy.optim.total_steps)"
+        )
+    if not np.all(np.isfinite(scores)):
+        raise DatamilError(
+            f"{int(np.sum(~np.isfinite(scores)))} of {len(scores)} scores are NaN/inf; re-run the "
+            "estimator (see its smoothness settings)"
+        )
+    return scores
+
+
+def check_states(data: TaskData, factory: PolicyFactory) -> None:
+    """Before any proxy trains, for a policy that reads the state: states of different sizes fail on one
+    line, and dimensions constant in the prior but varying in a target are named in a warning (the
+    prior's statistics cannot normalize them, which typically leaves every score 0)."""
+    if not reads_state(factory):
+        return
+    targets = {"target-train": data.target_train, "target-val": data.target_val}
+    for name, store in targets.items():
+        mismatch = state_mismatch(data.prior, store, name)
+        if mismatch:
+            raise DataError(mismatch)
+    for name, dims in constant_in_prior(data.prior, targets).items():
+        logger.warning(
+            "state dimensions %s are constant in the prior but vary in %s; the proxy cannot learn from "
+            "them and the scores may all be 0: leave them out of the state (data.mapping={state_keys: [...]})",
+            dims,
+            name,
+        )
+
+
+def constant_in_prior(prior: TrajectoryStore, targets: dict[str, TrajectoryStore]) -> dict[str, list[int]]:
+    """target name -> the state dimensions that are constant in the prior but vary in that target."""
+    if OBS_STATE_KEY not in prior.arrays or prior.n_steps == 0:
+        return {}
+    constant = _spread(prior) <= CONSTANT_SPREAD
+    found = {}
+    for name, store in targets.items():
+        if OBS_STATE_KEY in store.arrays and store.n_steps:
+            dims = np.flatnonzero(constant & (_spread(store) > CONSTANT_SPREAD)).tolist()
+            found.update({name: dims} if dims else {})
+    return found
+
+
+def _spread(store: TrajectoryStore) -> np.ndarray:
+    """(D,) max - min of each state dimension over all steps."""
+    return np.ptp(store.arrays[OBS_STATE_KEY], axis=0).astype(np.float64)  # no copy of a memory-mapped prior
 
 
 def estimate_scores(
@@ -115,6 +175,8 @@ def run_selection(
     """
     run_dir = Path(run_dir)
     method = SELECTION_METHODS.get(cfg.method)
+    if cfg.method in DATAMODEL_METHODS:
+        check_states(data, factory)
     settings = {"estimator": config.get("estimator"), "policy": config.get("policy"), "data": data.summary()}
     scorer = datamodel_scorer(estimate, factory, data, cfg, seeds, run_dir, settings)
     traj, chosen = method(SelectionRequest(data, cfg, seeds[0], scorer))

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from datamil.data.oxe_registry import plain
 from datamil.data.schema import Episode
@@ -54,6 +54,21 @@ def cache_key(config: dict) -> str:
     """A short stable hash of everything that determines a dataset."""
     text = json.dumps({"cache_version": CACHE_VERSION, **config}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def files_fingerprint(directory: Path | None) -> str | None:
+    """A hash of every file's relative name, size and mtime under `directory` (None for remote data).
+
+    Part of a converted store's cache key, so a dataset re-written in place is converted again instead
+    of silently reusing the stale store; stat-only, so checking a large dataset stays cheap.
+    """
+    if directory is None:
+        return None
+    entries = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        stat = path.stat()
+        entries.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def cached_store(
@@ -204,7 +219,8 @@ class RLDSSource:
     """Your own data: a prior and target demos as RLDS/TFDS datasets (e.g. an Open X-Embodiment dataset).
 
     `prior` and `target` are dataset directories, or dataset names resolved under `data_dir`
-    (e.g. gs://gresearch/robotics). Each is converted once into a store under the cache directory.
+    (e.g. gs://gresearch/robotics). Each is converted once into a store under the cache directory, and
+    again when a local dataset's files change (re-written in place).
     Cameras come from the dataset's OXE registry entry (bridge: image_0 -> image_primary);
     `prior_image_keys` / `target_image_keys` ({raw camera: our image key}) read other ones.
     """
@@ -222,11 +238,14 @@ class RLDSSource:
     grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
     mapping: dict | None = None  # read a dataset by config (docs/oxe.md); None = its registry entry
 
+    # what the apps say when a required setting is missing (datamil.cli.require_values)
+    usage: ClassVar[str] = (
+        "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
+    )
+
     def load(self, task: str) -> TaskData:
         if not self.prior or not self.target:
-            raise DataError(
-                "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
-            )
+            raise DataError(self.usage)
         root = (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) / "rlds"
         prior = self._ingest(self.prior, root, self.max_prior_episodes, self.prior_image_keys)
         target = self._ingest(self.target, root, None, self.target_image_keys)
@@ -245,6 +264,8 @@ class RLDSSource:
         config.update({"image_keys": image_keys} if image_keys else {})
         config.update({"grayscale_to_rgb": True} if self.grayscale_to_rgb else {})
         config.update({"mapping": plain(self.mapping)} if self.mapping else {})
+        files = files_fingerprint(self._local_dir(resolved))
+        config.update({"files": files} if files else {})  # local data: a re-written dataset is re-converted
         store_dir = root / f"{Path(source).name}-{cache_key(config)}"
         if (store_dir / "meta.json").is_file():
             return TrajectoryStore.load(store_dir)
@@ -257,6 +278,11 @@ class RLDSSource:
             image_keys=image_keys,
             grayscale_to_rgb=self.grayscale_to_rgb,
         )
+
+    def _local_dir(self, source: str) -> Path | None:
+        """The dataset's directory on this machine (a path, or a name under a local data_dir), else None."""
+        candidates = [Path(source)] + ([Path(self.data_dir) / source] if self.data_dir else [])
+        return next((path for path in candidates if path.is_dir()), None)
 
     def _standardization(self, source: str) -> Any:
         """The entry to read `source` with: `standardization` and `mapping` applied to its registry row.
@@ -291,11 +317,13 @@ class RobomimicSource:
     n_target_val: int = 2
     seed: int = 0
 
+    usage: ClassVar[str] = "data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>"
+
     def load(self, task: str) -> TaskData:
         from datamil.data.robomimic_hdf5 import read_robomimic
 
         if not self.prior or not self.target:
-            raise DataError("data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>")
+            raise DataError(self.usage)
         prior, target = (
             TrajectoryStore.from_episodes(read_robomimic(path, self.state_keys, dict(self.image_keys), key))
             for path, key in ((self.prior, self.prior_filter_key), (self.target, self.target_filter_key))

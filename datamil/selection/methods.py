@@ -7,14 +7,18 @@ datamil and every baseline write the same selection file under the same budget.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from datamil.errors import DatamilError
 from datamil.registry import Registry
-from datamil.selection.strategies import iterative_prune, threshold, top_k
+from datamil.selection.aggregate import AGGREGATIONS
+from datamil.selection.strategies import check_budget, iterative_prune, threshold, top_k
 
 
 @dataclass
@@ -29,6 +33,28 @@ class SelectionConfig:
     drop_percentile: float = 80.0  # iterative: drop active trajectories at/above this percentile
     readmit_percentile: float = 20.0  # iterative: re-admit dropped ones at/below this percentile
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
+
+    def __post_init__(self) -> None:
+        """Refuse settings no selection can use now, not after the proxy scoring (which can take hours)."""
+        check_budget(self.budget)
+        if self.aggregate not in AGGREGATIONS:
+            raise DatamilError(
+                f"selection.aggregate={self.aggregate!r} is not one of {AGGREGATIONS}; use sum or mean"
+            )
+        if self.method == "threshold" and not math.isfinite(self.cutoff):
+            raise DatamilError(f"selection.cutoff={self.cutoff} must be a finite score, e.g. 0.0")
+        if self.method == "iterative":
+            self._check_iterative()
+
+    def _check_iterative(self) -> None:
+        if not (isinstance(self.rounds, numbers.Integral) and self.rounds >= 1):
+            raise DatamilError(f"selection.rounds={self.rounds!r} must be a whole number >= 1, e.g. 3")
+        drop, readmit = self.drop_percentile, self.readmit_percentile
+        if not 0 <= readmit < drop <= 100:
+            raise DatamilError(
+                f"selection.readmit_percentile={readmit} and drop_percentile={drop} need "
+                "0 <= readmit < drop <= 100 (e.g. 20 and 80): re-admit only the best, drop only the worst"
+            )
 
 
 @dataclass

@@ -7,6 +7,7 @@ trajectories that look good again (DataMIL's iterative variant).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -15,9 +16,10 @@ from datamil.errors import DatamilError
 
 
 def check_budget(budget: float) -> float:
-    if not (isinstance(budget, (int, float)) and 0.0 < float(budget) <= 1.0):
+    if not (isinstance(budget, numbers.Real) and 0.0 < float(budget) <= 1.0):
         raise DatamilError(
-            f"selection budget {budget!r} must be a fraction in (0, 1] of the prior trajectories"
+            f"selection budget {budget!r} must be a fraction in (0, 1] of the prior trajectories, "
+            "e.g. selection.budget=0.1 keeps 10%"
         )
     return float(budget)
 

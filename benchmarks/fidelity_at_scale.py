@@ -5,13 +5,13 @@ against a truth averaged over k training seeds, next to that truth's own noise c
 
     python benchmarks/fidelity_at_scale.py ceiling               # one-seed agreement and k for reliability >= 0.85
     python benchmarks/fidelity_at_scale.py lds                   # every estimator vs the k-seed mean truth
-    python benchmarks/fidelity_at_scale.py table                 # the tables, from the committed CSVs only
+    python benchmarks/tables.py                                  # the tables, from the committed CSVs only
 
 Defaults: target metaworld/pick-place-wall (a development task), the shipped proxy (400 x 256, prior +
 target-train), subsets of alpha = 0.5 and 0.1 of the prior trajectories. The truth trains the way
 co-training draws its batches (uniform over steps); the estimators may train their proxy differently
 (`--variants`), which is what is being compared. Truths and scores are cached in --work (resumable after
-a kill); finished rows go to CSVs in --out, which `table` reads.
+a kill); finished rows go to CSVs in --out (benchmarks/results/fidelity_at_scale/), which tables.py reads.
 """
 
 from __future__ import annotations
@@ -202,27 +202,11 @@ def run_lds(args: argparse.Namespace) -> None:
     write_rows(Path(args.out) / "lds.csv", rows)
 
 
-def run_table(args: argparse.Namespace) -> None:
-    """Markdown tables from the committed CSVs only."""
-    out = Path(args.out)
-    for name in ("ceiling", "lds"):
-        path = out / f"{name}.csv"
-        if not path.is_file():
-            print(f"({path} does not exist yet)")
-            continue
-        rows = list(csv.DictReader(path.open()))
-        fields = list(rows[0])
-        text = "\n".join(["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)])
-        text += "\n" + "\n".join("| " + " | ".join(r[f] for f in fields) + " |" for r in rows)
-        atomic_write_text(out / f"{name}.md", text + "\n")
-        print(f"## {name}\n{text}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=["ceiling", "lds", "table"])
+    parser.add_argument("stage", choices=["ceiling", "lds"])
     parser.add_argument("--task", default="metaworld/pick-place-wall")
     parser.add_argument("--data", default="metaworld_full")
     parser.add_argument("--steps", type=int, default=400, help="proxy (and truth) training steps")
@@ -245,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"ceiling": run_ceiling, "lds": run_lds, "table": run_table}[args.stage](args)
+    {"ceiling": run_ceiling, "lds": run_lds}[args.stage](args)
     atomic_write_text(Path(args.work) / "last_args.json", json.dumps(vars(args), default=str))
 
 

@@ -1,6 +1,6 @@
-"""Every results table of the selection-quality benchmark, from its runs.csv alone.
+"""Every results table in the README, from committed CSVs alone.
 
-    python benchmarks/tables.py                         # every benchmarks/results/**/runs.csv
+    python benchmarks/tables.py                         # every CSV under benchmarks/results/
     python benchmarks/tables.py path/to/runs.csv ...    # or these
 
 Writes results.md next to each runs.csv (and pilot.md next to each pilot.csv) and prints them. The
@@ -354,12 +354,30 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def plain_markdown(path: Path) -> str:
+    """Any other results CSV (e.g. the estimator fidelity tables) as one markdown table, row for row."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise DatamilError(f"{path} has no rows")
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
 def regenerate(csv_path: Path) -> Path:
-    """Write results.md (runs.csv) or pilot.md (pilot.csv) next to the CSV."""
+    """Write results.md (runs.csv), pilot.md (pilot.csv) or <name>.md (any other CSV) next to the CSV."""
+    if csv_path.name not in ("runs.csv", "pilot.csv"):
+        return atomic_write_text(csv_path.with_suffix(".md"), plain_markdown(csv_path))
     rows = read_rows(csv_path)
     if csv_path.name == "pilot.csv":
         return atomic_write_text(csv_path.with_name("pilot.md"), pilot_markdown(rows))
     return atomic_write_text(csv_path.with_name("results.md"), results_markdown(rows))
+
+
+def results_csvs() -> list[Path]:
+    """Every committed results CSV: runs.csv, pilot.csv and the fidelity tables (not composition.csv,
+    which is data for the reader rather than a table)."""
+    return sorted(p for p in RESULTS_DIR.rglob("*.csv") if p.name != "composition.csv")
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -368,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     )
     parser.add_argument("csvs", nargs="*", type=Path, help="runs.csv / pilot.csv files (default: all under benchmarks/results)")  # fmt: skip
     args = parser.parse_args(argv)
-    paths = args.csvs or sorted([*RESULTS_DIR.rglob("runs.csv"), *RESULTS_DIR.rglob("pilot.csv")])
+    paths = args.csvs or results_csvs()
     if not paths:
         raise DatamilError(f"no runs.csv or pilot.csv under {RESULTS_DIR}; pass CSV paths")
     written = []

@@ -124,3 +124,14 @@ def test_one_command_rebuilds_every_table(tables, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "## The bar" in printed and "test_tasks: [metaworld/c0]" in printed
     assert written[0].read_text() == tables.results_markdown(make_rows())
+
+
+def test_other_results_csvs_become_plain_tables(tables, tmp_path):
+    fidelity = tmp_path / "fidelity" / "lds.csv"
+    fidelity.parent.mkdir()
+    fidelity.write_text("estimator,alpha,lds\nmetagrad/trajectory,0.5,0.61\ntruncated/trajectory,0.5,0.4\n")
+    (written,) = tables.main([str(fidelity)])
+    assert written == fidelity.with_suffix(".md")
+    lines = written.read_text().splitlines()
+    assert lines[0] == "| estimator | alpha | lds |" and lines[2] == "| metagrad/trajectory | 0.5 | 0.61 |"
+    assert len(lines) == 4

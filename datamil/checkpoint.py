@@ -71,10 +71,11 @@ def save_policy(
     train_config: dict | None = None,
     step: int = 0,
 ) -> Path:
-    """Write `policy` (with `params` in place of its own, if given) to `path` atomically."""
-    state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    """Write `policy` (with `params` in place of its own, if given) to `path` atomically, as CPU tensors
+    wherever they were trained, so any machine loads it."""
+    state = {k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}
     if params is not None:
-        state.update({k: v.detach().clone() for k, v in params.items()})
+        state.update({k: v.detach().cpu().clone() for k, v in params.items()})
     payload = {
         "format": FORMAT,
         "version": VERSION,

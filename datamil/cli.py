@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
 
 os.environ.setdefault("WANDB_SILENT", "true")
+# configs/hydra/launcher/ray.yaml has the name of hydra-ray-launcher's own config and spells out all of it;
+# Hydra 1.3 still validates it against that schema and warns about the name on every sweep.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
 from datamil.cotraining import build_mixture, cotrain, reads_state
+from datamil.device import resolve_device
 from datamil.logger import make_logger
 from datamil.selection.selection_io import read_selection
 
@@ -26,6 +27,7 @@ def selected_ids(selection: str | None, prior_ids: list[str]) -> list[str]:
 def main(cfg: DictConfig) -> None:
     task = require_task(cfg, "python -m datamil.cotrain selection=<run>/selection.json")
     require_values(cfg)
+    device = resolve_device(cfg.device)
     run_dir = run_dir_of()
     config = save_config(cfg, run_dir)
     data = instantiate(cfg.data).load(task)
@@ -55,6 +57,7 @@ def main(cfg: DictConfig) -> None:
         logger=logger,
         checkpoint_every=t.checkpoint_every,
         log_every=t.log_every,
+        device=device,
     )
     logger.close()
     print(

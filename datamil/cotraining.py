@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datamil.checkpoint import save_policy
 from datamil.data.sampling import MixtureSampler
@@ -165,8 +166,10 @@ def cotrain(
     logger: Logger | None = None,
     checkpoint_every: int = 2000,
     log_every: int = 50,
+    device: str | torch.device = "cpu",
 ) -> tuple[Path, TrainResult]:
-    """Train on the mixture; write `policy.pt` and `training_curve.png` into run_dir (resumable)."""
+    """Train on the mixture on `device`; write `policy.pt` (CPU tensors) and `training_curve.png` into
+    run_dir (resumable)."""
     policy = build_policy(factory, mixture.store)
     result = train(
         policy,
@@ -180,6 +183,7 @@ def cotrain(
         checkpoint_dir=run_dir / "train_state",
         checkpoint_every=checkpoint_every,
         log_every=log_every,
+        device=device,
     )
     path = save_policy(
         run_dir / "policy.pt", policy, result.params, task=task, train_config=config, step=steps

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, run_dir_of, save_config
+from datamil.device import resolve_device
 from datamil.errors import DatamilError
 from datamil.evaluation import evaluate_checkpoint, record_evaluation_video, video_line, write_results
 from datamil.video import VideoConfig, keep_physics_without_gl
@@ -18,6 +19,7 @@ from datamil.video import VideoConfig, keep_physics_without_gl
 def main(cfg: DictConfig) -> None:
     if not cfg.checkpoint:
         raise DatamilError("no checkpoint given; add checkpoint=<cotrain run>/policy.pt")
+    device = resolve_device(cfg.device)
     run_dir = run_dir_of()
     save_config(cfg, run_dir)
     video = VideoConfig.from_eval(cfg.eval)
@@ -31,6 +33,7 @@ def main(cfg: DictConfig) -> None:
         cfg.eval.n_envs,
         cfg.eval.workers,
         cfg.eval.execute_steps,
+        device=device,
     )
     write_results(result, run_dir, cfg.checkpoint)
     low, high = result.interval
@@ -39,7 +42,7 @@ def main(cfg: DictConfig) -> None:
         f"episodes (seed {cfg.seed}), mean length {result.mean_length:.0f}; results in {run_dir}"
     )
     if video.episodes:
-        section = record_evaluation_video(cfg.checkpoint, result, run_dir, video, gl_problem)
+        section = record_evaluation_video(cfg.checkpoint, result, run_dir, video, gl_problem, device)
         write_results(result, run_dir, cfg.checkpoint, video=section)
         print(video_line(section, run_dir), file=sys.stderr if "error" in section else sys.stdout)
 

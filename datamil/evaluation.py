@@ -15,7 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from datamil.checkpoint import load_policy
+from datamil.device import resolve_device
 from datamil.io import atomic_write_text
 from datamil.video import VideoConfig, VideoUnavailable, record_video
 from sim_tasks.rollout import EvalResult, evaluate_policy
@@ -42,13 +45,16 @@ def evaluate_checkpoint(
     workers: int = 1,
     execute_steps: int | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> EvalResult:
-    """Roll out the checkpoint on its task (or `task`, with a warning if it differs) for seeded episodes."""
+    """Roll out the checkpoint on its task (or `task`, with a warning if it differs) for seeded episodes.
+
+    The policy runs on `device`; each step's observations are moved there and its actions back."""
     loaded = load_policy(checkpoint)
     task = task or loaded.task
     if loaded.task and task != loaded.task:
         warnings.warn(f"checkpoint was trained for {loaded.task!r}, evaluating it on {task!r}", stacklevel=2)
-    policy = loaded.policy
+    policy = loaded.policy.to(resolve_device(device))
     if execute_steps is None:
         execute_steps = int(getattr(policy, "n_action_steps", 1))
     act = functools.partial(policy.act, None)
@@ -86,8 +92,10 @@ def record_evaluation_video(
     run_dir: Path,
     config: VideoConfig,
     gl_problem: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Film the evaluation's first episodes into run_dir/videos; returns the results.json "video" section.
+    The filmed re-runs use the policy on `device`, as the evaluation did.
 
     A missing GL backend or ffmpeg is recorded under "error" (one line naming the fix) instead of raised:
     the numbers stand without the video. Each filmed episode is a re-run of the same start state, and
@@ -107,6 +115,7 @@ def record_evaluation_video(
             max_steps=settings["max_steps"],
             execute_steps=settings["execute_steps"],
             stream=settings["stream"],
+            device=str(resolve_device(device)),
         )
     except VideoUnavailable as error:
         return {**section, "error": str(error)}

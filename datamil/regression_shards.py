@@ -27,6 +27,7 @@ from datamil.datamodels.regression import (
     gather_regression,
     run_regression_shard,
 )
+from datamil.device import resolve_device
 from datamil.errors import DatamilError
 from datamil.selecting import run_selection
 
@@ -41,8 +42,10 @@ def regression_spec(cfg: DictConfig) -> RegressionSpec:
     return RegressionSpec(rng_seed=int(cfg.seed), **instantiate(cfg.estimator).keywords)
 
 
-def train_shard(cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings: dict) -> None:
-    policy = build_policy(instantiate(cfg.policy), data.prior)
+def train_shard(
+    cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings: dict, device: torch.device
+) -> None:
+    policy = build_policy(instantiate(cfg.policy), data.prior).to(device)  # the proxies train where it is
     shard, n_shards = int(cfg.shard), int(cfg.n_shards)
     path = run_regression_shard(
         policy, data.prior, data.target_val, spec, shard, n_shards, cfg.shard_dir, data.target_train, settings
@@ -52,7 +55,9 @@ def train_shard(cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings:
     )
 
 
-def gather(cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings: dict, config: dict) -> None:
+def gather(
+    cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings: dict, config: dict, device: torch.device
+) -> None:
     """Fit on all shards, then select and write the run exactly as `python -m datamil.select` does."""
     selection_cfg, run_dir = instantiate(cfg.selection), run_dir_of()
 
@@ -69,6 +74,7 @@ def gather(cfg: DictConfig, data: TaskData, spec: RegressionSpec, settings: dict
         [spec.rng_seed],
         run_dir,
         config,
+        device=device,
     )
     print(
         f"gathered {cfg.n_shards} shards from {cfg.shard_dir}; selected {len(selection.selected)} of "
@@ -87,14 +93,15 @@ def main(cfg: DictConfig) -> None:
         raise DatamilError("method=iterative re-estimates on subsets the shards did not train; use topk")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
     spec = regression_spec(cfg)
     config = save_config(cfg, run_dir_of())
     data = instantiate(cfg.data).load(task)
     settings = {"policy": config["policy"]}  # shards and gather must agree on it (and on data, estimator)
     if cfg.gather:
-        gather(cfg, data, spec, settings, config)
+        gather(cfg, data, spec, settings, config, device)
     else:
-        train_shard(cfg, data, spec, settings)
+        train_shard(cfg, data, spec, settings, device)
 
 
 if __name__ == "__main__":

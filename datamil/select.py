@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
+from datamil.device import resolve_device
 from datamil.selecting import run_selection
 
 
@@ -17,6 +18,7 @@ def main(cfg: DictConfig) -> None:
     task = require_task(cfg, "python -m datamil.select")
     require_values(cfg)
     selection_cfg = instantiate(cfg.selection)  # a bad budget or percentile fails here, before any work
+    device = resolve_device(cfg.device)  # so does an unknown device, or cuda without one
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     run_dir = run_dir_of()
@@ -33,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         seeds,
         run_dir,
         config,
+        device=device,
     )
     print(
         f"selected {len(selection.selected)} of {data.prior.n_episodes} prior trajectories with "

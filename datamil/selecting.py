@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from datamil.cotraining import PolicyFactory, build_policy, reads_state, state_mismatch
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
+from datamil.device import resolve_device
 from datamil.errors import DataError, DatamilError
 from datamil.io import atomic_write_npz
 from datamil.policies.base import OBS_STATE_KEY
@@ -37,9 +39,17 @@ def fingerprint(settings: dict) -> str:
 
 
 def seed_scores(
-    estimate: EstimateFn, factory: PolicyFactory, data: TaskData, seed: int, run_dir: Path, settings: dict
+    estimate: EstimateFn,
+    factory: PolicyFactory,
+    data: TaskData,
+    seed: int,
+    run_dir: Path,
+    settings: dict,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """(N_prior_steps,) scores of one proxy seed, loaded from run_dir if this exact run already made them."""
+    """(N_prior_steps,) scores of one proxy seed, loaded from run_dir if this exact run already made them.
+
+    The proxy policy is built on the CPU and moved to `device`; estimators run where the policy is."""
     path = run_dir / "scores" / f"seed{seed}.npz"
     key = fingerprint({**settings, "seed": seed})
     if path.is_file():
@@ -49,7 +59,7 @@ def seed_scores(
                 f"{path} was made with different settings; use a new run directory or delete {path.parent}"
             )
         return saved["scores"]
-    policy = build_policy(factory, data.prior)
+    policy = build_policy(factory, data.prior).to(resolve_device(device))
     if hasattr(policy, "check_data"):  # image policies: every dataset has the cameras, at a usable size
         policy.check_data(
             {"prior": data.prior, "target_train": data.target_train, "target_val": data.target_val}
@@ -124,12 +134,14 @@ def estimate_scores(
     seeds: list[int],
     run_dir: Path,
     settings: dict,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Per-sample scores averaged over proxy seeds (averaging tames the seed noise of one proxy run)."""
     if data.target_val.n_episodes == 0:
         raise DatamilError("target-val is empty; hold out at least one target demo (data.n_target_val)")
     runs = [
-        seed_scores(estimate, factory, data, s, run_dir, settings) for s in tqdm(seeds, desc="proxy seeds")
+        seed_scores(estimate, factory, data, s, run_dir, settings, device)
+        for s in tqdm(seeds, desc="proxy seeds")
     ]
     return np.mean(runs, axis=0)
 
@@ -142,16 +154,17 @@ def datamodel_scorer(
     seeds: list[int],
     run_dir: Path,
     settings: dict,
+    device: str | torch.device = "cpu",
 ) -> Callable[[np.ndarray | None], np.ndarray]:
     """active prior episodes (None = all) -> (E,) trajectory scores of a proxy trained on them (NaN elsewhere)."""
 
     def scores(active: np.ndarray | None) -> np.ndarray:
         if active is None:
-            per_step = estimate_scores(estimate, factory, data, seeds, run_dir, settings)
+            per_step = estimate_scores(estimate, factory, data, seeds, run_dir, settings, device)
             return per_trajectory(per_step, data.prior, cfg.aggregate)
         subset = TaskData(data.task, data.prior.subset(active), data.target_train, data.target_val)
         round_dir = run_dir / "rounds" / fingerprint({"active": np.asarray(active).tolist()})
-        per_step = estimate_scores(estimate, factory, subset, seeds, round_dir, settings)
+        per_step = estimate_scores(estimate, factory, subset, seeds, round_dir, settings, device)
         out = np.full(data.prior.n_episodes, np.nan)
         out[active] = per_trajectory(per_step, subset.prior, cfg.aggregate)
         return out
@@ -168,17 +181,19 @@ def run_selection(
     seeds: list[int],
     run_dir: Path,
     config: dict,
+    device: str | torch.device = "cpu",
 ) -> Selection:
     """Score → select (by `cfg.method`) → write selection.json, plots and report.md into run_dir.
 
     Datamodel methods record the estimator's name as the selection's method; baselines their own.
+    device: where the proxies train and the estimators run (`datamil.device.resolve_device` names).
     """
     run_dir = Path(run_dir)
     method = SELECTION_METHODS.get(cfg.method)
     if cfg.method in DATAMODEL_METHODS:
         check_states(data, factory)
     settings = {"estimator": config.get("estimator"), "policy": config.get("policy"), "data": data.summary()}
-    scorer = datamodel_scorer(estimate, factory, data, cfg, seeds, run_dir, settings)
+    scorer = datamodel_scorer(estimate, factory, data, cfg, seeds, run_dir, settings, device)
     traj, chosen = method(SelectionRequest(data, cfg, seeds[0], scorer))
     if len(chosen) == 0 and cfg.method != "target_only":
         raise DatamilError(

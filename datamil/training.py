@@ -21,12 +21,14 @@ from tqdm import tqdm
 from datamil.checkpoint import load_train_state, save_train_state
 from datamil.data.sampling import MixtureSampler, Sampler, UniformSampler, action_chunks, batch_indices
 from datamil.data.store import TrajectoryStore
+from datamil.device import gather_to, module_device, resolve_device, tree_to
 from datamil.errors import DatamilError
 from datamil.logger import Logger
 from datamil.policies.base import Batch, Params, Policy
 
 __all__ = [
     "BatchSource",
+    "LossCurve",
     "MixtureSampler",
     "OptState",
     "OptimConfig",
@@ -169,13 +171,21 @@ def train_step(
 
 def init_params(policy: Policy, seed: int) -> Params:
     """Re-initialize `policy` from `seed` (every submodule's reset_parameters, in module order) and
-    return detached copies of its parameters: initialization becomes part of the run's seed."""
+    return detached copies of its parameters, on the policy's device: initialization becomes part of the
+    run's seed. The draws always come from the CPU generator (a policy on a GPU is re-initialized on the
+    CPU and moved back), so one seed gives the same initial parameters on every device."""
+    home = module_device(policy)
+    detour = home.type not in ("cpu", "meta")  # meta tensors hold no values to move
+    if detour:
+        policy.to("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in policy.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset) and module is not policy:
                 reset()
+    if detour:
+        policy.to(home)
     return policy.params()
 
 
@@ -184,12 +194,19 @@ class BatchSource:
 
     A training step is then index arithmetic on tensors, with no per-step numpy copies from the
     (possibly memory-mapped) store. Rows are the sorted unique `step_ids`; `batch(ids)` maps global ids
-    to rows by binary search.
+    to rows by binary search. The tensors stay in host memory; batches come out on `device` (default the
+    CPU), through pinned memory on a GPU (`datamil.device.gather_to`).
     """
 
     def __init__(
-        self, policy: Policy, store: TrajectoryStore, step_ids: np.ndarray, weights: np.ndarray | None = None
+        self,
+        policy: Policy,
+        store: TrajectoryStore,
+        step_ids: np.ndarray,
+        weights: np.ndarray | None = None,
+        device: torch.device | None = None,
     ) -> None:
+        self.device = torch.device("cpu") if device is None else device
         self.ids = np.unique(np.asarray(step_ids, np.int64))
         arrays = store.batch(self.ids, keys=list(policy.batch_keys))
         arrays.update(policy.extra_batch_arrays(store, self.ids))
@@ -208,9 +225,10 @@ class BatchSource:
     def batch(self, step_ids: np.ndarray) -> tuple[Batch, Tensor]:
         """(batch dict of (B, ...) tensors including "index", (B,) weights: ones when none were given)."""
         rows = self.rows(np.asarray(step_ids, np.int64))
-        batch = {k: v.index_select(0, rows) for k, v in self.tensors.items()}
-        weights = torch.ones(len(rows)) if self.weights is None else self.weights.index_select(0, rows)
-        return batch, weights
+        batch = {k: gather_to(v, rows, self.device) for k, v in self.tensors.items()}
+        if self.weights is None:
+            return batch, torch.ones(len(rows), device=self.device)
+        return batch, gather_to(self.weights, rows, self.device)
 
 
 def gather_batch(
@@ -254,6 +272,7 @@ def train(
     progress: bool = True,
     params: Params | None = None,
     log_every: int = 50,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train `policy` for `steps` AdamW steps on batches from the sampler (or a uniform one over a pool).
 
@@ -261,12 +280,18 @@ def train(
     from `seed`; a sampler passed in keeps its own seed for the batch order, a pool is sampled with
     `seed`). The learning-rate schedule spans cfg.total_steps: set it to `steps`. With `checkpoint_dir`, the run state is saved every `checkpoint_every` steps and a
     later call with `resume=True` continues from it, bit-identical to an uninterrupted run. The final
-    parameters are also loaded into `policy`, so `policy.act(None, obs)` uses them.
+    parameters are also loaded into `policy`, so `policy.act(None, obs)` uses them. device: where to
+    train (`datamil.device.resolve_device` names); None = where the policy is, the CPU unless it was
+    moved. The policy is moved there and stays there.
     """
+    device = module_device(policy) if device is None else resolve_device(device)
+    policy.to(device)
     sampler = _as_sampler(sampler_or_pool, batch_size, seed)
-    source = BatchSource(policy, store, sampler.pool, weights)
+    source = BatchSource(policy, store, sampler.pool, weights, device)
     start = (
-        init_params(policy, seed) if params is None else {k: v.detach().clone() for k, v in params.items()}
+        init_params(policy, seed)
+        if params is None
+        else tree_to({k: v.detach().clone() for k, v in params.items()}, device)
     )
     result = _run_loop(
         policy,
@@ -301,7 +326,7 @@ def _fingerprint(
     pools = getattr(sampler, "pools", [sampler.pool])
     return {
         "policy": f"{type(policy).__name__}({hashlib.sha256(repr(policy.init_kwargs).encode()).hexdigest()[:16]})",
-        "initial params": _digest([p.numpy() for p in start.values()]),
+        "initial params": _digest([p.cpu().numpy() for p in start.values()]),
         "optim": repr(asdict(cfg)),
         "seed": seed,
         "sampler": f"{type(sampler).__name__}(batch={sampler.batch_size}, seed={sampler.seed}, "
@@ -342,6 +367,34 @@ def _save(
     )
 
 
+class LossCurve:
+    """(steps,) float64 training losses. On the CPU each step's loss is read at once; on a GPU the 0-d
+    loss tensors wait on the device until `sync` (log and checkpoint steps), so no step waits for the
+    device to finish it. The values are the same either way (float32 losses, stored exactly)."""
+
+    def __init__(self, steps: int, device: torch.device) -> None:
+        self.values = np.full(steps, np.nan)
+        self.lazy = device.type != "cpu"
+        self._pending: list[Tensor] = []
+        self._first = 0
+
+    def record(self, step: int, loss: Tensor) -> None:
+        if not self.lazy:
+            self.values[step] = loss.item()
+            return
+        if not self._pending:
+            self._first = step
+        self._pending.append(loss)
+
+    def sync(self) -> np.ndarray:
+        """The curve with every recorded step filled in (one device-to-host copy for all pending ones)."""
+        if self._pending:
+            stop = self._first + len(self._pending)
+            self.values[self._first : stop] = torch.stack(self._pending).cpu().numpy()
+            self._pending.clear()
+        return self.values
+
+
 def _run_loop(
     policy: Policy,
     source: BatchSource,
@@ -358,26 +411,27 @@ def _run_loop(
     log_every: int,
     seed: int,
 ) -> TrainResult:
-    state, losses, start = init_opt_state(params), np.full(steps, np.nan), 0
+    state, curve, start = init_opt_state(params), LossCurve(steps, source.device), 0
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir)
     fingerprint = _fingerprint(policy, sampler, source, cfg, seed, params)
     saved = _resume(ckpt, fingerprint, steps) if ckpt is not None and resume else None
     if saved is not None:
-        params, state, start = saved["params"], saved["opt_state"], saved["step"]
-        losses[:start] = saved["losses"].numpy()
+        params, state = tree_to(saved["params"], source.device), tree_to(saved["opt_state"], source.device)
+        start = saved["step"]
+        curve.values[:start] = saved["losses"].numpy()
     bar = tqdm(total=steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
     for step in range(start, steps):
         batch, weights = source.batch(sampler.indices(step))
         params, state, loss = train_step(policy, params, state, batch, weights, step, cfg)
-        losses[step] = loss.item()
+        curve.record(step, loss)
         done = step + 1
         if done % log_every == 0 or done == steps:
-            recent = float(np.mean(losses[max(done - log_every, start) : done]))
+            recent = float(np.mean(curve.sync()[max(done - log_every, start) : done]))
             bar.set_postfix(loss=f"{recent:.4g}", refresh=False)
             if logger is not None:
                 logger.log({"train/loss": recent, "train/lr": lr_at(step, cfg)}, step=done)
         if ckpt is not None and (done % checkpoint_every == 0 or done == steps):
-            _save(ckpt, fingerprint, done, params, state, losses)
+            _save(ckpt, fingerprint, done, params, state, curve.sync())
         bar.update(1)
     bar.close()
-    return TrainResult(params, losses, steps, state)
+    return TrainResult(params, curve.sync(), steps, state)

@@ -333,7 +333,7 @@ def _film(job: dict[str, Any]) -> list[VideoEpisode]:
     from sim_tasks.suites import make_env
 
     config: VideoConfig = job["config"]
-    act = functools.partial(load_policy(job["checkpoint"]).policy.act, None)
+    act = functools.partial(load_policy(job["checkpoint"]).policy.to(job["device"]).act, None)
     env = make_env(job["task"], job["seed"], job["stream"], job["max_steps"])
     try:
         renderers = _open_renderers(env.unwrapped.model, config, policy_cameras(act))
@@ -372,8 +372,10 @@ def record_video(
     max_steps: int = 500,
     execute_steps: int = 1,
     stream: int = 0,
+    device: str = "cpu",
 ) -> list[VideoEpisode]:
-    """Film episodes 0..config.episodes-1 of (task, seed, stream) into out_dir/episode_NNN.mp4.
+    """Film episodes 0..config.episodes-1 of (task, seed, stream) into out_dir/episode_NNN.mp4, with the
+    policy on `device` (a torch device name; the worker is spawned, so it may open CUDA itself).
 
     Runs in a spawned process that never imports TensorFlow. Raises VideoUnavailable (one line naming
     the fix) when no GL backend or no ffmpeg works here, DatamilError for other failures.
@@ -391,6 +393,7 @@ def record_video(
         execute_steps=max(1, int(execute_steps)),
         out_dir=str(out_dir),
         config=config,
+        device=str(device),
     )
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         try:

@@ -26,7 +26,10 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: {e}") from None
 
     def ready(port: int) -> None:
-        print(f"serving {served.name} {served.checkpoint_id} on ws://{cfg.host}:{port}", flush=True)
+        print(
+            f"serving {served.name} {served.checkpoint_id} on ws://{cfg.host}:{port} ({served.device})",
+            flush=True,
+        )
 
     try:
         asyncio.run(serve(served, cfg.host, int(cfg.port), ready))

@@ -46,7 +46,7 @@ class ServedPolicy:
     horizon: int
     n_action_steps: int
     obs_keys: list[str]
-    device: str = "cpu"
+    device: str = "cpu"  # where the policy runs; each observation is moved there, each chunk back
     image_sizes: dict[str, list[int]] = field(default_factory=dict)  # image key -> [H, W] the policy sees
     cameras: dict[str, str] = field(default_factory=dict)  # image key -> simulator camera it was trained on
     render: dict[str, Any] = field(default_factory=dict)  # {"fast", "samples"} its training frames used
@@ -103,11 +103,14 @@ class ServedPolicy:
 
 
 def load_served(path: str | Path, device: str = "cpu") -> ServedPolicy:
-    """Load a checkpoint written by datamil.checkpoint.save_policy for serving on `device`."""
+    """Load a checkpoint written by datamil.checkpoint.save_policy for serving on `device` (a
+    `datamil.device.resolve_device` name: auto, cpu, cuda, cuda:<index>)."""
     from datamil.checkpoint import load_policy
+    from datamil.device import resolve_device
 
+    resolved = resolve_device(device)  # an unknown name or cuda without a GPU: one line, before loading
     loaded = load_policy(path)
-    policy = loaded.policy.eval().to(device)
+    policy = loaded.policy.eval().to(resolved)
     obs_keys = sorted(k[len("obs/") :] for k in policy.batch_keys if k.startswith("obs/"))
     return ServedPolicy(
         policy=policy,
@@ -118,7 +121,7 @@ def load_served(path: str | Path, device: str = "cpu") -> ServedPolicy:
         horizon=int(getattr(policy, "horizon", None) or 1),  # image policies say None for single-step heads
         n_action_steps=int(getattr(policy, "n_action_steps", 1)),
         obs_keys=obs_keys,
-        device=device,
+        device=str(resolved),
         image_sizes=_image_sizes(policy),
         cameras={k: str(v) for k, v in (getattr(policy, "cameras", None) or {}).items()},
         render=dict(getattr(policy, "render", None) or {}),

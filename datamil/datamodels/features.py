@@ -30,6 +30,7 @@ from datamil.datamodels.metagrad import metagradient
 from datamil.datamodels.proxy import ProxyConfig
 from datamil.datamodels.surrogate import Surrogate
 from datamil.datamodels.truncated import truncated_scores
+from datamil.device import module_device, tree_to
 from datamil.errors import DatamilError
 from datamil.io import atomic_dir, atomic_torch_save
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
@@ -47,10 +48,10 @@ def encoder_hash(policy: Policy, params: Params) -> str:
     digest.update(repr((policy.encoder.image_size, policy.encoder.state_dim)).encode())
     for name in sorted(k for k in params if k.startswith("encoder.")):
         digest.update(name.encode())
-        digest.update(params[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+        digest.update(params[name].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     for name, buffer in sorted(policy.encoder.named_buffers()):
         digest.update(name.encode())
-        digest.update(buffer.detach().to(torch.float32).contiguous().numpy().tobytes())
+        digest.update(buffer.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -86,8 +87,10 @@ def fit_data(policy: Policy, stores: list[TrajectoryStore]) -> TrajectoryStore:
 
 @torch.no_grad()
 def encode_store(policy: Policy, params: Params, store: TrajectoryStore, chunk: int = 512) -> np.ndarray:
-    """(N, F) float32 encoder features of every step of `store`, no augmentation (eval mode)."""
+    """(N, F) float32 encoder features of every step of `store`, no augmentation (eval mode), computed on
+    the device of `params` (frames are moved there a chunk at a time) and returned in host memory."""
     encoder_params = {k[len("encoder.") :]: v for k, v in params.items() if k.startswith("encoder.")}
+    device = next(iter(encoder_params.values())).device
     keys = [k for k in policy.batch_keys if k.startswith("obs/")]
     out = np.empty((store.n_steps, policy.encoder.out_dim), np.float32)
     was_training = policy.training
@@ -95,9 +98,10 @@ def encode_store(policy: Policy, params: Params, store: TrajectoryStore, chunk: 
     try:
         for lo in range(0, store.n_steps, chunk):
             ids = np.arange(lo, min(lo + chunk, store.n_steps))
-            batch = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in store.batch(ids, keys).items()}
+            arrays = store.batch(ids, keys).items()
+            batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays}
             feats = torch.func.functional_call(policy.encoder, encoder_params, (batch,), strict=False)
-            out[lo : lo + len(ids)] = feats.float().numpy()
+            out[lo : lo + len(ids)] = feats.float().cpu().numpy()
     finally:
         policy.train(was_training)
     return out
@@ -171,7 +175,9 @@ def feature_store(store: TrajectoryStore, features: np.ndarray) -> TrajectorySto
 
 # ------------------------------------------------------------------------------------- the two modes
 def _fitted_params(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig, cache: Path) -> Params:
-    """Fit once per (policy config, data, fit settings); later calls (other seeds) load the saved params."""
+    """Fit once per (policy config, data, fit settings); later calls (other seeds) load the saved params.
+
+    Fitted on the policy's device and saved as CPU tensors; loaded back onto the policy's device."""
     key = hashlib.sha256(
         json.dumps(
             [repr(policy.init_kwargs), [store_fingerprint(s, ["action"]) for s in stores], vars(fit)],
@@ -180,9 +186,9 @@ def _fitted_params(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig
     ).hexdigest()[:16]
     path = cache / "encoders" / f"{key}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return tree_to(torch.load(path, map_location="cpu", weights_only=True), module_device(policy))
     params = fit_encoder(policy, stores, fit)
-    atomic_torch_save(path, params)
+    atomic_torch_save(path, {k: v.cpu() for k, v in params.items()})
     return params
 
 
@@ -316,7 +322,7 @@ def _end_to_end(
                 np.arange(pool.size),
                 int(kwargs.get("chunk_size", 256)),
             )
-        result = EstimateResult(scores.numpy(), timings, {})
+        result = EstimateResult(scores.cpu().numpy(), timings, {})
     else:
         raise DatamilError(f"end_to_end mode supports estimator metagrad or truncated, not {estimator!r}")
     result.scores = check_scores(result.scores, train_store.n_steps, f"image/{estimator}")

@@ -47,10 +47,14 @@ def per_sample_grads(policy: Policy, params: Params, chunk: dict[str, Tensor]) -
     return flatten_params(grads, batch_dims=1).detach()
 
 
-def projection(n_params: int, dim: int, seed: int, dtype: torch.dtype) -> Tensor:
-    """(P_total, d) Gaussian matrix with entries N(0, 1/d), a pure function of the seed."""
+def projection(
+    n_params: int, dim: int, seed: int, dtype: torch.dtype, device: torch.device | None = None
+) -> Tensor:
+    """(P_total, d) Gaussian matrix with entries N(0, 1/d), a pure function of the seed: drawn on the CPU
+    (the same matrix on every device), then moved to `device`."""
     generator = torch.Generator().manual_seed(int(seed))
-    return torch.randn(n_params, dim, generator=generator, dtype=dtype) / dim**0.5
+    matrix = torch.randn(n_params, dim, generator=generator, dtype=dtype) / dim**0.5
+    return matrix if device is None else matrix.to(device)
 
 
 def checkpoint_dots(
@@ -63,9 +67,9 @@ def checkpoint_dots(
     if proj is None:
         return loss_directional_derivatives(policy, pool, params, unflatten_params(direction, params))
     target = direction @ proj
-    out = torch.zeros(pool.n_scored, dtype=torch.float64)
+    out = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     for lo in range(0, pool.n_scored, chunk_size):
-        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored))
+        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored), device=pool.device)
         grads = per_sample_grads(policy, params, take(pool.data, rows))
         out[rows] = (grads @ proj @ target).double()
     return out
@@ -89,17 +93,17 @@ def run_influence(
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
     cfg, timings = proxy or ProxyConfig(), {}
     bounds = np.linspace(0, cfg.steps, max(1, n_checkpoints) + 1).round().astype(int)
-    total = torch.zeros(pool.n_scored, dtype=torch.float64)
+    total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     z, done, proj = initial_state(policy, rng_seed), 0, None
     with timed(timings, "total"):
         for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             z, done = run_steps(policy, pool, cfg, rng_seed, *z, done, start), start
             direction = preconditioned_direction(surrogate, *z, start, cfg, precondition)
             if projection_dim and proj is None:
-                proj = projection(len(direction), projection_dim, rng_seed, direction.dtype)
+                proj = projection(len(direction), projection_dim, rng_seed, direction.dtype, direction.device)
             eta = sum(lr_at(t, cfg.optim) for t in range(start, stop))
             total -= eta / pool.size * checkpoint_dots(policy, pool, z[0], direction, chunk_size, proj)
-    scores = check_scores(total.numpy(), train_store.n_steps, "influence")
+    scores = check_scores(total.cpu().numpy(), train_store.n_steps, "influence")
     return EstimateResult(scores, timings, {"checkpoints": bounds[:-1].tolist()})
 
 

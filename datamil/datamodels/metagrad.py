@@ -14,7 +14,8 @@ Single-level segment checkpointing (not REPLAY's nested, logarithmic scheme): th
 once at the start of every segment of `checkpoint_every` steps. The reverse pass re-runs each segment
 exactly once, keeping every step's autograd graph (the re-run *is* the reverse pass's primal pass, so
 nothing is computed twice), then pulls the adjoint back step by step and scatter-adds the weight
-cotangents into an (n_scored,) buffer. The last segment is recorded during the forward run itself.
+cotangents into an (N_pool,) buffer on the pool's device, whose first n_scored entries are the scores.
+The last segment is recorded during the forward run itself.
 Memory: O(steps / segment x |z| + segment x graph), not O(steps x |z|); time: the re-runs of all but
 the last segment, under one extra training run.
 """
@@ -75,7 +76,7 @@ def autograd_step(
 
     theta = flat(params).requires_grad_()
     moments = {name: {"flat": flat(m).requires_grad_()} for name, m in state.items()}
-    weights = torch.ones(cfg.batch_size, dtype=theta.dtype, requires_grad=True)
+    weights = torch.ones(cfg.batch_size, dtype=theta.dtype, device=theta.device, requires_grad=True)
     with torch.enable_grad():
         loss = weighted_loss(policy, split(theta), take(pool.data, rows), weights)
         (grad,) = torch.autograd.grad(loss, [theta], create_graph=True)
@@ -102,7 +103,8 @@ def func_step(
     policy: Policy, pool: TrainPool, cfg: ProxyConfig, rows: Tensor, t: int, z: tuple[Params, OptState]
 ) -> tuple[tuple[Params, OptState], Pullback]:
     """The same step under torch.func.vjp: identical numbers, slower per step on CPU (functorch dispatch)."""
-    ones = torch.ones(cfg.batch_size, dtype=next(iter(z[0].values())).dtype)
+    first = next(iter(z[0].values()))
+    ones = torch.ones(cfg.batch_size, dtype=first.dtype, device=first.device)
     return torch.func.vjp(step_fn(policy, pool, cfg, rows, t), *z, ones)
 
 
@@ -135,18 +137,19 @@ def record_segment(
 
 
 def pull_back(
-    records: list[StepRecord], adjoint: tuple[Params, OptState], buffer: Tensor | None, n_scored: int
+    records: list[StepRecord], adjoint: tuple[Params, OptState], buffer: Tensor | None
 ) -> tuple[Params, OptState]:
-    """Apply the recorded pullbacks last-to-first (eq. adjoint); scatter-add weight cotangents of scored
-    rows into `buffer` (None: discard them). Records are popped as they are used, freeing each graph.
+    """Apply the recorded pullbacks last-to-first (eq. adjoint); scatter-add the weight cotangent of every
+    batch row into the (N_pool,) `buffer` (None: discard them). Records are popped as they are used,
+    freeing each graph. The buffer covers the whole pool, so no step filters its rows: on a GPU the
+    reverse pass never waits for the device; the scored rows' sums are the same.
     """
     while records:
         record = records.pop()
         adj_params, adj_state, adj_w = record.pullback(adjoint)
         adjoint = (adj_params, adj_state)
         if buffer is not None:
-            scored = record.rows < n_scored
-            buffer.index_add_(0, record.rows[scored], adj_w[scored].to(buffer.dtype))
+            buffer.index_add_(0, record.rows, adj_w.to(buffer.dtype))
     return adjoint
 
 
@@ -198,15 +201,15 @@ def metagradient(
         z, records = record_segment(policy, pool, cfg, seed, z, starts[-1], steps, reverse=reverse)
         value = float(surrogate(z[0]))
     with timed(timings, "backward"):
-        buffer = torch.zeros(pool.n_scored, dtype=torch.float64)
+        buffer = torch.zeros(pool.size, dtype=torch.float64, device=pool.device)
         state_zero = {k: {n: torch.zeros_like(p) for n, p in d.items()} for k, d in z[1].items()}
-        adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), buffer, pool.n_scored)
+        adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), buffer)
         while checkpoints:
             s, z_s = checkpoints.pop()
             _, records = record_segment(policy, pool, cfg, seed, z_s, s, min(s + seg, steps), reverse=reverse)
-            adjoint = pull_back(records, adjoint, buffer, pool.n_scored)
+            adjoint = pull_back(records, adjoint, buffer)
     info = {"surrogate": value, "steps": steps, "segment": seg}
-    return EstimateResult(buffer.numpy(), timings, info)
+    return EstimateResult(buffer[: pool.n_scored].cpu().numpy(), timings, info)
 
 
 @ESTIMATORS.register("metagrad")
@@ -249,7 +252,8 @@ def finite_difference(
         params, state = initial_state(policy, seed)
         for t in range(cfg.steps):
             rows = order(t)
-            w = torch.ones(cfg.batch_size, dtype=torch.float64) + sign * eps * (rows == row).double()
+            w = torch.ones(cfg.batch_size, dtype=torch.float64, device=rows.device)
+            w = w + sign * eps * (rows == row).double()
             params, state = step_fn(policy, pool, cfg, rows, t, False)(
                 params, state, w.to(params[next(iter(params))].dtype)
             )

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from datamil.datamodels.surrogate import Surrogate, TrainPool, take
+from datamil.device import host_to
 from datamil.errors import DatamilError
 from datamil.policies.base import Params, Policy
 from datamil.training import OptimConfig, OptState, batch_indices, init_opt_state, init_params, train_step
@@ -90,15 +91,23 @@ class BatchOrder:
 
     "epoch" and "trajectory" walk through shuffled rounds of units (a unit = one row, or one
     trajectory with a random step of it drawn each round); step t takes positions [tB, (t + 1)B) of the
-    concatenated rounds, so every unit is visited once per round.
+    concatenated rounds, so every unit is visited once per round. The order is drawn on the host and
+    each step's rows are handed out on `device` (the pool's).
     """
 
     _ROUND_STREAM = 0x7A3C  # keeps round shuffles apart from uniform draws of the same (seed, step)
 
     def __init__(
-        self, episode: np.ndarray, rows: np.ndarray, batch_size: int, seed: int, sampling: str
+        self,
+        episode: np.ndarray,
+        rows: np.ndarray,
+        batch_size: int,
+        seed: int,
+        sampling: str,
+        device: torch.device | None = None,
     ) -> None:
         self.rows, self.batch_size, self.seed, self.sampling = rows, int(batch_size), int(seed), sampling
+        self.device = torch.device("cpu") if device is None else device
         if len(rows) == 0:
             raise DatamilError("the proxy's training pool is empty; keep at least one trajectory")
         if sampling == "trajectory":
@@ -123,9 +132,8 @@ class BatchOrder:
     def __call__(self, step: int) -> Tensor:
         """(B,) pool rows of `step`'s batch."""
         if self.sampling == "uniform":
-            return torch.from_numpy(
-                self.rows[batch_indices(self.seed, step, len(self.rows), self.batch_size)]
-            )
+            rows = self.rows[batch_indices(self.seed, step, len(self.rows), self.batch_size)]
+            return host_to(torch.from_numpy(rows), self.device)
         position = step * self.batch_size + np.arange(self.batch_size)
         units = len(self.starts)
         rounds = position // units
@@ -133,7 +141,7 @@ class BatchOrder:
         for r in np.unique(rounds):
             hit = rounds == r
             out[hit] = self._round(int(r))[position[hit] % units]
-        return torch.from_numpy(out)
+        return host_to(torch.from_numpy(out), self.device)
 
 
 def batch_order(
@@ -145,7 +153,8 @@ def batch_order(
     the same rule.
     """
     rows = np.arange(pool.size) if pool_rows is None else np.asarray(pool_rows, np.int64)
-    return BatchOrder(pool.episode, rows, cfg.batch_size, seed, resolve_sampling(cfg, len(rows)))
+    sampling = resolve_sampling(cfg, len(rows))
+    return BatchOrder(pool.episode, rows, cfg.batch_size, seed, sampling, pool.device)
 
 
 StepFn = Callable[[Params, OptState, Tensor], tuple[Params, OptState]]
@@ -187,7 +196,8 @@ def run_steps(
     pool_rows: np.ndarray | None = None,
 ) -> tuple[Params, OptState]:
     """Plain (non-differentiated) steps [start, stop) with all data weights 1, on all rows or `pool_rows`."""
-    ones = torch.ones(cfg.batch_size, dtype=next(iter(params.values())).dtype)
+    first = next(iter(params.values()))
+    ones = torch.ones(cfg.batch_size, dtype=first.dtype, device=first.device)
     order = batch_order(pool, cfg, seed, pool_rows)
     for t in range(start, stop):
         rows = order(t)
@@ -221,13 +231,14 @@ def train_ensemble(
 
     All models share theta_0 and the seed, so they differ only in their data. weights: optional (M, N_pool)
     per-row data weights (w = 0 removes a row from model m's batches without changing their order).
-    Returns stacked params {name: (M, ...)}.
+    Returns stacked params {name: (M, ...)}, on the pool's device like every tensor of the ensemble.
     """
     m = len(subsets)
     params, state = initial_state(policy, seed)
     params, state = _stack(params, m), _stack(state, m)
     dtype = next(iter(params.values())).dtype
-    ones = torch.ones(m, cfg.batch_size, dtype=dtype)
+    ones = torch.ones(m, cfg.batch_size, dtype=dtype, device=pool.device)
+    weights = None if weights is None else weights.to(pool.device)
     orders = [batch_order(pool, cfg, seed, s) for s in subsets]
     for t in range(cfg.steps):
         rows = torch.stack([order(t) for order in orders])
@@ -245,7 +256,7 @@ def train_ensemble(
 @torch.no_grad()
 def ensemble_surrogates(surrogate: Surrogate, stacked: Params) -> np.ndarray:
     """(M,) surrogate value of each stacked model."""
-    return torch.func.vmap(surrogate)(stacked).double().numpy()
+    return torch.func.vmap(surrogate)(stacked).double().cpu().numpy()
 
 
 def ensemble_surrogates_on_subsets(

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
+from datamil.device import module_device
 from datamil.errors import DatamilError
 from datamil.policies.base import INDEX, Batch, Params, Policy
 
@@ -39,12 +40,16 @@ def param_dtype(policy: Policy) -> torch.dtype:
     return next(iter(policy.params().values())).dtype
 
 
-def to_torch(batch: dict[str, np.ndarray], dtype: torch.dtype = torch.float32) -> Batch:
-    """Numpy store batch -> tensors; floating arrays are cast to `dtype`, integer/bool arrays kept."""
+def to_torch(
+    batch: dict[str, np.ndarray], dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> Batch:
+    """Numpy store batch -> tensors on `device` (default the CPU); floating arrays are cast to `dtype`,
+    integer/bool arrays kept."""
     out: Batch = {}
     for key, value in batch.items():
         tensor = torch.as_tensor(np.asarray(value))
-        out[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        tensor = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        out[key] = tensor if device is None else tensor.to(device)
     return out
 
 
@@ -60,6 +65,7 @@ class TrainPool:
     data: key -> (N_pool, ...) with "index" = global ids (prior step id, or n_prior + target step id);
     n_scored: the first n_scored rows are the prior samples that get scores (= train_store.n_steps);
     episode: (N_pool,) episode index of each row (target-train episodes numbered after the prior's).
+    The tensors live on the proxy policy's device (`device`); `episode` is host bookkeeping.
     """
 
     data: Batch
@@ -69,6 +75,10 @@ class TrainPool:
     @property
     def size(self) -> int:
         return len(self.episode)
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.data.values())).device
 
     def rows_of_episodes(self, episodes: np.ndarray) -> np.ndarray:
         """(n,) pool rows of all samples of the given episodes."""
@@ -83,9 +93,9 @@ def loss_directional_derivatives(
     Forward mode gives every sample's directional derivative at the cost of about one forward pass,
     with no per-sample gradient ever materialized.
     """
-    out = torch.zeros(pool.n_scored, dtype=torch.float64)
+    out = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     for lo in range(0, pool.n_scored, chunk_size):
-        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored))
+        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored), device=pool.device)
         chunk = take(pool.data, rows)
         _, tangent = torch.func.jvp(lambda p, c=chunk: policy.per_sample_loss(p, c), (params,), (direction,))
         out[rows] = tangent.detach().double()
@@ -106,7 +116,8 @@ def _store_arrays(store: TrajectoryStore, policy: Policy) -> dict[str, np.ndarra
 def build_pool(
     policy: Policy, train_store: TrajectoryStore, target_train_store: TrajectoryStore | None = None
 ) -> TrainPool:
-    """The proxy's training pool: prior samples first (scored), then optional target-train samples."""
+    """The proxy's training pool: prior samples first (scored), then optional target-train samples, on
+    the policy's device (move the policy first to score on a GPU)."""
     arrays = _store_arrays(train_store, policy)
     episode = train_store.episode_of_step
     if target_train_store is not None:
@@ -119,7 +130,8 @@ def build_pool(
             )
         arrays = {k: np.concatenate([arrays[k], extra[k]]) for k in arrays}
         episode = np.concatenate([episode, target_train_store.episode_of_step + train_store.n_episodes])
-    return TrainPool(to_torch(arrays, param_dtype(policy)), train_store.n_steps, np.asarray(episode))
+    data = to_torch(arrays, param_dtype(policy), module_device(policy))
+    return TrainPool(data, train_store.n_steps, np.asarray(episode))
 
 
 @dataclass
@@ -135,7 +147,8 @@ class Surrogate:
             raise DatamilError(
                 "the target-validation set is empty; hold out at least one target demo for the surrogate"
             )
-        return cls(policy, to_torch(_store_arrays(target_val_store, policy), param_dtype(policy)))
+        val = to_torch(_store_arrays(target_val_store, policy), param_dtype(policy), module_device(policy))
+        return cls(policy, val)
 
     def __call__(self, params: Params) -> Tensor:
         """Scalar surrogate value; differentiable in params."""

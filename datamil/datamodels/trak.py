@@ -43,7 +43,7 @@ def loss_output(policy: Policy, keys: list[str]):
             return policy.per_sample_loss(dict(weights), batch)[0]
 
         def get_out_to_loss_grad(self, model, weights, buffers, batch) -> Tensor:
-            return torch.ones(len(batch[0]), 1, dtype=batch[0].dtype)
+            return torch.ones(len(batch[0]), 1, dtype=batch[0].dtype, device=batch[0].device)
 
     return LossOutput()
 
@@ -82,25 +82,27 @@ def trak_scores(
     seed: int,
     chunk: int,
 ) -> np.ndarray:
-    """(len(rows),) mean over target-val samples of eq. (trak), computed by traker with its CPU projector."""
+    """(len(rows),) mean over target-val samples of eq. (trak), computed by traker with its basic
+    (torch) projector on the pool's device: the CPU unless the policy was moved to a GPU."""
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
 
     keys = sorted(k for k in pool.data)
     n_params = sum(p.numel() for p in models[0].values())
     dtype = next(iter(models[0].values())).dtype
+    device = str(pool.device)
     projector = BasicProjector(
-        n_params, proj_dim, seed, ProjectionType.rademacher, "cpu", dtype=dtype, block_size=128
+        n_params, proj_dim, seed, ProjectionType.rademacher, device, dtype=dtype, block_size=128
     )
     with tempfile.TemporaryDirectory(prefix="datamil-trak-") as save_dir:
         traker = TRAKer(
             policy, loss_output(policy, keys), len(rows), save_dir, load_from_save_dir=True,
-            device="cpu", projector=projector, use_half_precision=False, logging_level=40,
+            device=device, projector=projector, use_half_precision=False, logging_level=40,
         )  # fmt: skip
         for model_id, params in enumerate(models):
             traker.load_checkpoint(params | dict(policy.named_buffers()), model_id)
             for lo in range(0, len(rows), chunk):
-                batch = take(pool.data, torch.from_numpy(rows[lo : lo + chunk]))
+                batch = take(pool.data, torch.from_numpy(rows[lo : lo + chunk]).to(pool.device))
                 traker.featurize([batch[k] for k in keys], num_samples=len(batch[keys[0]]))
         traker.finalize_features()  # frees the projection matrix; an unknown model id makes it redraw
         projector.model_id = -1

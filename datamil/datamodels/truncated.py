@@ -48,7 +48,8 @@ def _special_step(
     """Step t with an extra gradient input g_extra (= 0): returns (z_{t+1}, pullback to gbar) (eq. inject)."""
     params, state = z
     batch = take(pool.data, batch_order(pool, cfg, seed, pool_rows)(t))
-    ones = torch.ones(cfg.batch_size, dtype=next(iter(params.values())).dtype)
+    first = next(iter(params.values()))
+    ones = torch.ones(cfg.batch_size, dtype=first.dtype, device=first.device)
 
     def step(g_extra: Params) -> tuple[Params, OptState]:
         grads = torch.func.grad(lambda p: weighted_loss(policy, p, batch, ones))(params)
@@ -76,7 +77,7 @@ def truncated_scores(
     z, special_vjp = _special_step(policy, pool, cfg, seed, z, t_star, pool_rows)
     z, records = record_segment(policy, pool, cfg, seed, z, t_star + 1, steps, pool_rows)
     state_zero = {k: {n: torch.zeros_like(p) for n, p in d.items()} for k, d in z[1].items()}
-    adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), None, pool.n_scored)
+    adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), None)
     (g_bar,) = special_vjp(adjoint)
     return loss_directional_derivatives(policy, pool, theta_star, g_bar, chunk_size) / cfg.batch_size
 
@@ -102,7 +103,7 @@ def run_truncated(
     """
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
     cfg, timings = proxy or ProxyConfig(), {}
-    total = torch.zeros(pool.n_scored, dtype=torch.float64)
+    total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     with timed(timings, "total"):
         for r in range(n_runs):
             rng = np.random.default_rng([rng_seed, r])
@@ -111,7 +112,7 @@ def run_truncated(
                 mask = random_masks(train_store.n_episodes, 1, subset_fraction, rng)
                 rows = subset_rows(pool, train_store.n_episodes, mask)[0]
             total += truncated_scores(policy, pool, surrogate, cfg, rng_seed, window, rows, chunk_size)
-    scores = check_scores((total / n_runs).numpy(), train_store.n_steps, "truncated")
+    scores = check_scores((total / n_runs).cpu().numpy(), train_store.n_steps, "truncated")
     return EstimateResult(scores, timings, {"window": window, "n_runs": n_runs})
 
 

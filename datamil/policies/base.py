@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from datamil.data.normalization import NormStats
+from datamil.device import module_device
 from datamil.registry import Registry
 
 ACTION = "action"
@@ -108,8 +109,11 @@ class Policy(nn.Module, ABC):
 
     @torch.no_grad()
     def act(self, params: Params | None, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Actions for a batch of raw observations {"state": (B, D), ...}: numpy (B, A) or (B, H, A)."""
-        tensors = {f"obs/{k}": torch.as_tensor(np.asarray(v)) for k, v in obs.items()}
+        """Actions for a batch of raw observations {"state": (B, D), ...}: numpy (B, A) or (B, H, A).
+
+        The observations go to the device of `params` (or of the policy's own parameters)."""
+        device = module_device(self) if params is None else next(iter(params.values())).device
+        tensors = {f"obs/{k}": torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()}
         if params is None:
             return self.predict(tensors).cpu().numpy()
         return functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False).cpu().numpy()

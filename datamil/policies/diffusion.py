@@ -145,7 +145,11 @@ class DiffusionPolicy(Policy):
         return (err * mask).sum(dim=(1, 2)) / (mask.sum(dim=(1, 2)) * self.action_dim)
 
     def predict(self, obs: dict[str, Tensor]) -> Tensor:
-        """(B, H, A) action chunk by DDIM (eta = 0) in `inference_steps` steps, x0 clipped to [-1, 1]."""
+        """(B, H, A) action chunk by DDIM (eta = 0) in `inference_steps` steps, x0 clipped to [-1, 1].
+
+        The initial noise is drawn on the CPU (the seeded sampler) and moved to the parameters' device,
+        so a sampler seed gives the same draws on every device; every other tensor is built there."""
+        device = self.time_mlp[0].weight.device  # the params passed to functional_call, or the module's
         state = self.obs_norm(obs[OBS_STATE_KEY].float())
         b = state.shape[0]
         x = torch.randn(b, self.horizon, self.action_dim, generator=self._generator).to(state)
@@ -153,7 +157,7 @@ class DiffusionPolicy(Policy):
         for i, k in enumerate(ks):
             ab = self.alpha_bars[k]
             ab_prev = self.alpha_bars[ks[i + 1]] if i + 1 < len(ks) else torch.ones_like(ab)
-            eps = self.denoise(x, torch.full((b,), k, dtype=torch.long), state)
+            eps = self.denoise(x, torch.full((b,), k, dtype=torch.long, device=device), state)
             x0 = ((x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)).clamp(-1, 1)
             eps = (x - torch.sqrt(ab) * x0) / torch.sqrt(1 - ab)
             x = torch.sqrt(ab_prev) * x0 + torch.sqrt(1 - ab_prev) * eps

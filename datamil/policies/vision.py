@@ -90,8 +90,8 @@ def random_shift(images: Tensor, index: Tensor, pad: int, seed: int) -> Tensor:
     offsets = torch.floor(hash_uniform(index, seed, 2, stream=_SHIFT_STREAM) * (2 * pad + 1))  # (B, 2)
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
     # Integer pixel offsets on a pixel-centred grid: bilinear sampling then reads exact pixels.
-    base_y = (torch.arange(h, dtype=images.dtype) + 0.5) / (h + 2 * pad) * 2 - 1
-    base_x = (torch.arange(w, dtype=images.dtype) + 0.5) / (w + 2 * pad) * 2 - 1
+    base_y = (torch.arange(h, dtype=images.dtype, device=images.device) + 0.5) / (h + 2 * pad) * 2 - 1
+    base_x = (torch.arange(w, dtype=images.dtype, device=images.device) + 0.5) / (w + 2 * pad) * 2 - 1
     step_x, step_y = 2.0 / (w + 2 * pad), 2.0 / (h + 2 * pad)
     grid_y = base_y[None, :, None] + (offsets[:, 1, None, None]).to(images.dtype) * step_y  # (B, H, 1)
     grid_x = base_x[None, None, :] + (offsets[:, 0, None, None]).to(images.dtype) * step_x  # (B, 1, W)

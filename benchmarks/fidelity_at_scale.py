@@ -94,7 +94,7 @@ def subsets(args, data, alpha: float) -> np.ndarray:
 def write_rows(path: Path, rows: list[dict]) -> Path:
     """Merge `rows` into the CSV at `path`, keyed by every column but the measured ones."""
     old = list(csv.DictReader(path.open())) if path.is_file() else []
-    key = lambda r: tuple(str(r[k]) for k in r if k in ("variant", "alpha", "estimator", "k", "task"))  # noqa: E731
+    key = lambda r: tuple(str(r[k]) for k in r if k in ("alpha", "estimator", "proxy_seeds", "k", "task"))  # noqa: E731
     merged = {key(r): r for r in old} | {key(r): {k: str(v) for k, v in r.items()} for r in rows}
     fields = list(dict.fromkeys(k for r in merged.values() for k in r))
     lines = [",".join(fields)] + [",".join(r.get(f, "") for f in fields) for r in merged.values()]

@@ -285,8 +285,14 @@ def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
     return row
 
 
-def run_all(plan: Plan, write: Callable[[list[dict]], Any], desc: str) -> list[dict]:
-    """Every (task, seed, method) run in order; `write` gets all rows so far after each one."""
+def run_all(
+    plan: Plan,
+    write: Callable[[list[dict]], Any],
+    desc: str,
+    done: Callable[[list[dict]], bool] | None = None,
+) -> list[dict]:
+    """Every (task, seed, method) run in order; `write` gets all rows so far after each one. `done(rows)`,
+    asked after each task, ends the loop early (the pilot stops once its rule has picked every test task)."""
     rows: list[dict] = []
     total = len(plan.tasks) * len(plan.seeds) * len(plan.methods)
     with tqdm(total=total, desc=desc, unit="run") as bar:
@@ -298,6 +304,8 @@ def run_all(plan: Plan, write: Callable[[list[dict]], Any], desc: str) -> list[d
                     rows.append(run_one(plan, data, method, seed))
                     write(rows)
                     bar.update()
+            if done is not None and done(rows):
+                break
     return rows
 
 
@@ -415,7 +423,10 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
     def write(rows: list[dict]) -> Path:
         return tables.write_csv(pick(rows), plan.out / "pilot.csv", tables.PILOT_FIELDS)
 
-    rows = pick(run_all(plan, write, "pilot runs"))
+    def picked_all(rows: list[dict]) -> bool:  # later candidates cannot change the first n qualifiers
+        return sum(r["test_task"] == "yes" for r in pick(rows)) >= int(rule.n_test_tasks)
+
+    rows = pick(run_all(plan, write, "pilot runs", picked_all))
     text = tables.pilot_markdown(rows)
     n_chosen = sum(r["test_task"] == "yes" for r in rows)
     if n_chosen < int(rule.n_test_tasks):

@@ -69,7 +69,7 @@ tables = _load_tables()
 MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
-RUN_INDEPENDENT += ("test_candidates", "pilot")  # keys that never change a run
+RUN_INDEPENDENT += ("test_candidates", "pilot", "primary")  # keys that never change a run
 
 
 @dataclass

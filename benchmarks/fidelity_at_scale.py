@@ -5,6 +5,7 @@ against a truth averaged over k training seeds, next to that truth's own noise c
 
     python benchmarks/fidelity_at_scale.py ceiling               # one-seed agreement and k for reliability >= 0.85
     python benchmarks/fidelity_at_scale.py lds                   # every estimator vs the k-seed mean truth
+    python benchmarks/fidelity_at_scale.py memory                # peak memory of one metagradient
     python benchmarks/tables.py                                  # the tables, from the committed CSVs only
 
 Defaults: target metaworld/pick-place-wall (a development task), the shipped proxy (400 x 256, prior +
@@ -134,6 +135,17 @@ def estimator_calls(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict
     calls = {}
     for variant in args.variants:
         calls[f"metagrad/{variant}"] = ("metagrad", {"include_target_train": True}, VARIANTS[variant])
+        for k in args.expectation_points:  # the expectation over batch orders, K injection points
+            kwargs = {
+                "include_target_train": True,
+                "expectation_points": k,
+                "steps_per_trajectory": args.expectation_steps,
+            }
+            calls[f"metagrad-expected-K{k}x{args.expectation_steps}/{variant}"] = (
+                "metagrad",
+                kwargs,
+                VARIANTS[variant],
+            )
     extra = {  # settings that keep each at about the compute of one metagradient
         "truncated": {"window": 50},
         "regression": {"n_models": args.regression_models},
@@ -202,11 +214,61 @@ def run_lds(args: argparse.Namespace) -> None:
     write_rows(Path(args.out) / "lds.csv", rows)
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    """Peak memory of one metagradient on the full prior, whole-run recording vs segment checkpoints. Each
+    setting runs in a fresh process, so its peak is its own; the data and pool alone are measured first."""
+    import subprocess
+    import sys
+
+    if args.checkpoint_every is not None:  # the child: load, build the pool, score, report
+        data = load_task(args.task, args.data)
+        policy = proxy_policy(data.prior)
+        proxy = replace(truth_config(args), sampling="auto")
+        loaded = peak_rss_mib()
+        start = time.perf_counter()
+        if args.checkpoint_every > 0:
+            ESTIMATORS.get("metagrad")(
+                policy, data.prior, data.target_val, args.seed, proxy=proxy, checkpoint_every=args.checkpoint_every,
+                include_target_train=True, target_train_store=data.target_train,
+            )  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "loaded_mib": round(loaded),
+                    "peak_mib": round(peak_rss_mib()),
+                    "wall_s": round(time.perf_counter() - start, 1),
+                }
+            )
+        )
+        return
+    rows = []
+    for every in [0, *args.segments]:
+        out = subprocess.run(
+            [sys.executable, __file__, "memory", "--checkpoint-every", str(every), "--task", args.task, "--data", args.data,
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        what = "data and pool only" if every == 0 else f"metagrad, segments of {every} steps"
+        rows.append(
+            {"task": args.task, "estimator": what, "steps": args.steps, "k": "", "alpha": ""}
+            | json.loads(out)
+        )
+        print(rows[-1])
+    write_rows(Path(args.out) / "memory.csv", rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=["ceiling", "lds"])
+    parser.add_argument("stage", choices=["ceiling", "lds", "memory"])
     parser.add_argument("--task", default="metaworld/pick-place-wall")
     parser.add_argument("--data", default="metaworld_full")
     parser.add_argument("--steps", type=int, default=400, help="proxy (and truth) training steps")
@@ -222,14 +284,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--others", nargs="*", default=["truncated", "influence", "regression", "trak"])
     parser.add_argument("--others-variant", default="uniform", choices=list(VARIANTS))
     parser.add_argument("--regression-models", type=int, default=4, help="regression proxies (equal compute)")
+    parser.add_argument(
+        "--expectation-points", type=int, nargs="*", default=[], help="metagrad expectation: K values"
+    )
+    parser.add_argument(
+        "--expectation-steps", type=int, default=8, help="metagrad expectation: steps per trajectory"
+    )
     parser.add_argument("--trak-steps", type=int, default=8, help="TRAK: featurized steps per trajectory")
     parser.add_argument("--work", default="outputs/fidelity_at_scale", help="cache of truths and scores")
     parser.add_argument("--out", default=str(RESULTS), help="where the CSVs and tables go")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--segments", type=int, nargs="+", default=[500, 100], help="memory: checkpoint_every values"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"ceiling": run_ceiling, "lds": run_lds}[args.stage](args)
+    {"ceiling": run_ceiling, "lds": run_lds, "memory": run_memory}[args.stage](args)
     atomic_write_text(Path(args.work) / "last_args.json", json.dumps(vars(args), default=str))
 
 

@@ -105,7 +105,9 @@ def test_autograd_and_torch_func_reverse_passes_agree(stores):
     train, val, _ = stores
     policy = TinyGelu()
     pool, surrogate = prepare(policy, train, val)
-    fast, func = (metagradient(policy, pool, surrogate, proxy(), 0, 4, r).scores for r in ("autograd", "func"))
+    fast, func = (
+        metagradient(policy, pool, surrogate, proxy(), 0, 4, r).scores for r in ("autograd", "func")
+    )
     np.testing.assert_allclose(fast, func, rtol=1e-9, atol=1e-14)
     with pytest.raises(DatamilError, match="reverse="):
         metagradient(policy, pool, surrogate, proxy(), 0, 4, "jax")
@@ -122,15 +124,18 @@ def test_include_target_train_scores_only_prior(stores):
     assert pool.size == train.n_steps + target_train.n_steps and pool.n_scored == train.n_steps
 
 
-def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6):
-    """Surrogate change when sample `row` is added with weight +-eps at step t_star only."""
+def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6, weight=None):
+    """Surrogate change when sample `row` is added to the loss with weight +-eps * weight (default 1/B) at
+    step t_star only, or at every step of the set t_star."""
+    steps = t_star if isinstance(t_star, set) else {t_star}
+    weight = 1.0 / cfg.batch_size if weight is None else weight
     values = []
     order = batch_order(pool, cfg, seed)
     for sign in (1.0, -1.0):
         params, state = initial_state(policy, seed)
         for t in range(cfg.steps):
             rows = order(t)
-            if t != t_star:
+            if t not in steps:
                 params, state = step_fn(policy, pool, cfg, rows, t, False)(
                     params, state, torch.ones(cfg.batch_size)
                 )
@@ -140,7 +145,7 @@ def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6):
 
             def loss(p, batch=batch, extra=extra, sign=sign):
                 base = weighted_loss(policy, p, batch, torch.ones(cfg.batch_size, dtype=torch.float64))
-                return base + sign * eps * policy.per_sample_loss(p, extra)[0] / cfg.batch_size
+                return base + sign * eps * weight * policy.per_sample_loss(p, extra)[0]
 
             params, state = adamw_step(params, torch.func.grad(loss)(params), state, t, cfg.optim)
         values.append(float(surrogate(params)))
@@ -159,6 +164,24 @@ def test_truncated_matches_finite_differences_of_the_injection(stores):
     for row in (0, 9, 17):
         fd = _fd_injection(policy, pool, surrogate, cfg, 0, cfg.steps - window, row)
         assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
+
+
+def test_expected_metagradient_is_the_derivative_of_injecting_a_sample_at_every_step(stores):
+    """With a node at every step, eq. (expected) is exactly dS/d eps of a run whose every step adds
+    eps * loss_row / N (the sample drawn with probability B/N per step)."""
+    train, val, _ = stores
+    policy = TinyGelu()
+    cfg = proxy(steps=6, batch=4)
+    pool, surrogate = prepare(policy, train, val)
+    scores = metagradient(
+        policy, pool, surrogate, cfg, 0, expectation_points=cfg.steps, steps_per_trajectory=None
+    ).scores
+    for row in (0, 9, 17):
+        fd = _fd_injection(
+            policy, pool, surrogate, cfg, 0, set(range(cfg.steps)), row, weight=1.0 / pool.size
+        )
+        assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
+    assert np.count_nonzero(scores) == pool.n_scored  # every sample counts, drawn or not
 
 
 def test_regression_recovers_planted_additive_effects():
@@ -275,7 +298,9 @@ def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, capl
     assert np.count_nonzero(scores) <= 8  # only drawn samples can move the surrogate
     caplog.clear()
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        scores = run(TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)).scores  # auto: trajectory rounds
+        scores = run(
+            TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)
+        ).scores  # auto: trajectory rounds
     assert caplog.text == ""
     per_episode = np.bincount(train.episode_of_step, weights=np.abs(scores), minlength=train.n_episodes)
     assert np.all(per_episode > 0)  # every trajectory was drawn, so every trajectory has a score
@@ -290,7 +315,10 @@ def test_estimator_costs_are_warm_interleaved_medians_on_the_shipped_pool(stores
     import datamil.datamodels.lds as lds_lib
     from datamil.lds import parse_args
 
-    assert parse_args([]).include_target_train and not parse_args(["--no-include-target-train"]).include_target_train
+    assert (
+        parse_args([]).include_target_train
+        and not parse_args(["--no-include-target-train"]).include_target_train
+    )
     train, val, target_train = stores
     calls = []
     real = lds_lib.train_proxy

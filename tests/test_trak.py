@@ -8,7 +8,7 @@ from test_estimators import TinyGelu, make_store, proxy
 
 from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.base import prepare
-from datamil.datamodels.trak import featured_rows, spread_to_steps
+from datamil.datamodels.surrogate import sampled_rows, spread_to_steps
 
 pytest.importorskip("trak")
 
@@ -34,10 +34,10 @@ def test_trak_ranks_trajectories_like_the_exact_metagradient(toy):
 def test_subsampled_steps_keep_trajectory_sums(toy):
     prior, val = toy
     pool, _ = prepare(TinyGelu(), prior, val)
-    rows = featured_rows(pool, 2)
+    rows = sampled_rows(pool, 2)
     assert len(rows) == 2 * prior.n_episodes and set(pool.episode[rows]) == set(range(prior.n_episodes))
     row_scores = np.arange(len(rows), dtype=float)
     steps = spread_to_steps(pool, rows, row_scores)
     expected = np.bincount(pool.episode[rows], weights=row_scores) * prior.episode_lengths / 2
     assert np.allclose(per_episode(steps, prior), expected)
-    assert np.array_equal(featured_rows(pool, None), np.arange(prior.n_steps))
+    assert np.array_equal(sampled_rows(pool, None), np.arange(prior.n_steps))

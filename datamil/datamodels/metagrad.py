@@ -16,6 +16,19 @@ exactly once, keeping every step's autograd graph (the re-run *is* the reverse p
 nothing is computed twice), then pulls the adjoint back step by step and scatter-adds the weight
 cotangents into an (N_pool,) buffer on the pool's device, whose first n_scored entries are the scores.
 The last segment is recorded during the forward run itself.
+
+The exact metagradient belongs to one batch order: a sample the run never draws scores exactly 0, and
+which steps a trajectory happens to be drawn at moves its sum. Selection should target the expectation
+over batch orders, since co-training draws its own batches. A sample drawn with probability B/N per step
+adds loss_i / B to that step's mean gradient, so
+
+    E[scores[i]] = sum_t <gbar_t, grad loss_i(theta_t)> / N
+                 ~ (T / K N) sum_k <gbar_{t_k}, grad loss_i(theta_{t_k})>,                      (expected)
+
+with gbar_t the cotangent of step t's mean gradient (pulled back from zbar_{t+1}) and t_k the midpoints
+of K equal intervals. `expectation_points=K` evaluates it in the same reverse pass with one forward-mode
+JVP per node over `steps_per_trajectory` evenly spaced steps of every prior trajectory (trajectory sums
+scaled to its length); the truncated estimator is the special case of one node with a truncated adjoint.
 Memory: O(steps / segment x |z| + segment x graph), not O(steps x |z|); time: the re-runs of all but
 the last segment, under one extra training run.
 """
@@ -40,7 +53,14 @@ from datamil.datamodels.proxy import (
     run_steps,
     step_fn,
 )
-from datamil.datamodels.surrogate import Surrogate, TrainPool, take
+from datamil.datamodels.surrogate import (
+    Surrogate,
+    TrainPool,
+    loss_directional_derivatives,
+    sampled_rows,
+    spread_to_steps,
+    take,
+)
 from datamil.errors import DatamilError
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.training import OptState, adamw_step, weighted_loss
@@ -52,10 +72,15 @@ REVERSE_MODES = ("autograd", "func")
 
 @dataclass
 class StepRecord:
-    """One recorded step: its batch rows and its pullback zbar_{t+1} -> (thetabar_t, statebar_t, wbar)."""
+    """One recorded step t: its batch rows and its pullback zbar_{t+1} -> (thetabar_t, statebar_t, wbar).
+
+    The autograd pullback also takes `with_grad=True` and then appends (theta_t, gbar_t): gbar_t is the
+    cotangent of the step's mean batch gradient, through which an injected sample acts (eq. expected).
+    """
 
     rows: Tensor
     pullback: Pullback
+    t: int = -1
 
 
 def autograd_step(
@@ -84,16 +109,18 @@ def autograd_step(
     inputs = [theta, *(m["flat"] for m in moments.values()), weights]
     outputs = [new_theta["flat"], *(m["flat"] for m in new_moments.values())]
 
-    def pullback(adjoint: tuple[Params, OptState]) -> tuple[Params, OptState, Tensor]:
+    def pullback(adjoint: tuple[Params, OptState], with_grad: bool = False) -> tuple:
         adj_params, adj_state = adjoint
         cotangents = [flat(adj_params), *(flat(adj_state[name]) for name in moments)]
-        grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
-        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
-        return (
+        wrt = [*inputs, grad] if with_grad else inputs
+        grads = torch.autograd.grad(outputs, wrt, cotangents, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt, strict=True)]
+        out = (
             split(grads[0]),
-            {name: split(g) for name, g in zip(moments, grads[1:-1], strict=True)},
-            grads[-1],
+            {name: split(g) for name, g in zip(moments, grads[1 : len(inputs) - 1], strict=True)},
+            grads[len(inputs) - 1],
         )
+        return (*out, (split(theta.detach()), split(grads[-1]))) if with_grad else out
 
     new_state = {name: split(m["flat"].detach()) for name, m in new_moments.items()}
     return (split(new_theta["flat"].detach()), new_state), pullback
@@ -132,25 +159,62 @@ def record_segment(
     for t in range(start, stop):
         rows = order(t)
         z, pullback = record(policy, pool, cfg, rows, t, z)
-        records.append(StepRecord(rows, pullback))
+        records.append(StepRecord(rows, pullback, t))
     return z, records
 
 
+Inject = Callable[[int, Params, Params], None]  # (t, theta_t, gbar_t) at an injection step
+
+
 def pull_back(
-    records: list[StepRecord], adjoint: tuple[Params, OptState], buffer: Tensor | None
+    records: list[StepRecord],
+    adjoint: tuple[Params, OptState],
+    buffer: Tensor | None,
+    inject: Inject | None = None,
+    inject_steps: frozenset[int] = frozenset(),
 ) -> tuple[Params, OptState]:
     """Apply the recorded pullbacks last-to-first (eq. adjoint); scatter-add the weight cotangent of every
     batch row into the (N_pool,) `buffer` (None: discard them). Records are popped as they are used,
     freeing each graph. The buffer covers the whole pool, so no step filters its rows: on a GPU the
-    reverse pass never waits for the device; the scored rows' sums are the same.
+    reverse pass never waits for the device; the scored rows' sums are the same. At `inject_steps`,
+    `inject(t, theta_t, gbar_t)` gets the step's gradient cotangent (autograd records only).
     """
     while records:
         record = records.pop()
-        adj_params, adj_state, adj_w = record.pullback(adjoint)
+        if inject is not None and record.t in inject_steps:
+            adj_params, adj_state, adj_w, (theta_t, gbar) = record.pullback(adjoint, True)
+            inject(record.t, theta_t, gbar)
+        else:
+            adj_params, adj_state, adj_w = record.pullback(adjoint)
         adjoint = (adj_params, adj_state)
         if buffer is not None:
             buffer.index_add_(0, record.rows, adj_w.to(buffer.dtype))
     return adjoint
+
+
+def injection_steps(steps: int, points: int) -> frozenset[int]:
+    """The midpoints of `points` equal intervals of the run: the quadrature nodes of eq. (expected)."""
+    return frozenset(min(steps - 1, int((k + 0.5) * steps / points)) for k in range(points))
+
+
+class ExpectedScores:
+    """Accumulates eq. (expected) over injection steps for a sample of each prior trajectory's steps."""
+
+    def __init__(self, policy: Policy, pool: TrainPool, steps: int, points: int, per_trajectory: int | None):
+        self.policy, self.pool = policy, pool
+        self.rows = sampled_rows(pool, per_trajectory)
+        self.scale = steps / (points * pool.size)  # T/K steps per node, each drawing a row w.p. B/N, / B
+        self.total = torch.zeros(len(self.rows), dtype=torch.float64, device=pool.device)
+
+    def __call__(self, t: int, theta: Params, gbar: Params) -> None:
+        self.total += self.scale * loss_directional_derivatives(
+            self.policy, self.pool, theta, gbar, rows=self.rows
+        )
+
+    def scores(self) -> np.ndarray:
+        """(n_scored,) per-step scores: each sampled row's own, or spread over its trajectory when sampled."""
+        total = self.total.cpu().numpy()
+        return total if len(self.rows) == self.pool.n_scored else spread_to_steps(self.pool, self.rows, total)
 
 
 def warn_if_sparse(cfg: ProxyConfig, pool: TrainPool) -> None:
@@ -181,17 +245,30 @@ def metagradient(
     seed: int,
     checkpoint_every: int = 500,
     reverse: str = "autograd",
+    expectation_points: int = 0,
+    steps_per_trajectory: int | None = 8,
 ) -> EstimateResult:
     """(n_scored,) dS/dw for the proxy run of `cfg` from seed `seed`; timings split forward/backward.
 
     checkpoint_every: segment length. A run no longer than it is recorded whole during the forward pass
     (cheapest; memory ~ steps x one step's graph); shorter segments bound memory at the price of
     re-running all but the last segment (~ +1 training run). reverse: see `record_segment`.
+    expectation_points: 0 = the exact metagradient of this run (eq. adjoint); K > 0 = its expectation
+    over batch orders (eq. expected), injecting `steps_per_trajectory` steps of every prior trajectory
+    at K points of the same reverse pass.
     """
+    if expectation_points and reverse != "autograd":
+        raise DatamilError("expectation_points needs reverse=autograd (the step's gradient cotangent)")
     steps = cfg.steps
     seg = max(1, min(int(checkpoint_every), steps))
     starts = list(range(0, steps, seg))
     timings: dict[str, float] = {}
+    expected = (
+        ExpectedScores(policy, pool, steps, expectation_points, steps_per_trajectory)
+        if expectation_points
+        else None
+    )
+    nodes = injection_steps(steps, expectation_points) if expectation_points else frozenset()
     with timed(timings, "forward"):
         z = initial_state(policy, seed)
         checkpoints = []
@@ -203,13 +280,14 @@ def metagradient(
     with timed(timings, "backward"):
         buffer = torch.zeros(pool.size, dtype=torch.float64, device=pool.device)
         state_zero = {k: {n: torch.zeros_like(p) for n, p in d.items()} for k, d in z[1].items()}
-        adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), buffer)
+        adjoint = pull_back(records, (surrogate.grad(z[0]), state_zero), buffer, expected, nodes)
         while checkpoints:
             s, z_s = checkpoints.pop()
             _, records = record_segment(policy, pool, cfg, seed, z_s, s, min(s + seg, steps), reverse=reverse)
-            adjoint = pull_back(records, adjoint, buffer)
-    info = {"surrogate": value, "steps": steps, "segment": seg}
-    return EstimateResult(buffer[: pool.n_scored].cpu().numpy(), timings, info)
+            adjoint = pull_back(records, adjoint, buffer, expected, nodes)
+    info = {"surrogate": value, "steps": steps, "segment": seg, "expectation_points": expectation_points}
+    scores = expected.scores() if expected is not None else buffer[: pool.n_scored].cpu().numpy()
+    return EstimateResult(scores, timings, info)
 
 
 @ESTIMATORS.register("metagrad")
@@ -223,12 +301,26 @@ def run_metagrad(
     include_target_train: bool = False,
     target_train_store: TrajectoryStore | None = None,
     reverse: str = "autograd",
+    expectation_points: int = 0,
+    steps_per_trajectory: int | None = 8,
 ) -> EstimateResult:
-    """Exact metagradient scores of every prior step (negative = helpful); see the module docstring."""
+    """Exact metagradient scores of every prior step (negative = helpful), or with `expectation_points` > 0
+    their expectation over batch orders; see the module docstring."""
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
     cfg = proxy or ProxyConfig()
-    warn_if_sparse(cfg, pool)
-    result = metagradient(policy, pool, surrogate, cfg, rng_seed, checkpoint_every, reverse)
+    if not expectation_points:  # the expectation injects every trajectory whatever the run draws
+        warn_if_sparse(cfg, pool)
+    result = metagradient(
+        policy,
+        pool,
+        surrogate,
+        cfg,
+        rng_seed,
+        checkpoint_every,
+        reverse,
+        expectation_points,
+        steps_per_trajectory,
+    )
     result.scores = check_scores(result.scores, train_store.n_steps, "metagrad")
     return result
 

@@ -86,20 +86,54 @@ class TrainPool:
 
 
 def loss_directional_derivatives(
-    policy: Policy, pool: TrainPool, params: Params, direction: Params, chunk_size: int = 2048
+    policy: Policy,
+    pool: TrainPool,
+    params: Params,
+    direction: Params,
+    chunk_size: int = 2048,
+    rows: np.ndarray | None = None,
 ) -> Tensor:
-    """(n_scored,) float64 <grad loss_i(params), direction> of every prior row, one JVP per chunk.
+    """float64 <grad loss_i(params), direction> of every prior row (n_scored,), or of pool `rows` (n,),
+    one JVP per chunk.
 
     Forward mode gives every sample's directional derivative at the cost of about one forward pass,
     with no per-sample gradient ever materialized.
     """
-    out = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
-    for lo in range(0, pool.n_scored, chunk_size):
-        rows = torch.arange(lo, min(lo + chunk_size, pool.n_scored), device=pool.device)
-        chunk = take(pool.data, rows)
+    which = torch.arange(pool.n_scored) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
+    which = which.to(pool.device)
+    out = torch.zeros(len(which), dtype=torch.float64, device=pool.device)
+    for lo in range(0, len(which), chunk_size):
+        part = slice(lo, min(lo + chunk_size, len(which)))
+        chunk = take(pool.data, which[part])
         _, tangent = torch.func.jvp(lambda p, c=chunk: policy.per_sample_loss(p, c), (params,), (direction,))
-        out[rows] = tangent.detach().double()
+        out[part] = tangent.detach().double()
     return out
+
+
+def sampled_rows(pool: TrainPool, steps_per_trajectory: int | None) -> np.ndarray:
+    """(n,) prior rows: all, or up to `steps_per_trajectory` evenly spaced steps of each prior trajectory,
+    for estimators that score a trajectory from a sample of its steps (see `spread_to_steps`)."""
+    episode = pool.episode[: pool.n_scored]
+    if steps_per_trajectory is None:
+        return np.arange(pool.n_scored)
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+    lengths = np.diff(np.r_[starts, pool.n_scored])
+    picks = [
+        s + np.unique(np.linspace(0, n - 1, min(n, steps_per_trajectory)).round().astype(np.int64))
+        for s, n in zip(starts, lengths, strict=True)
+    ]
+    return np.concatenate(picks)
+
+
+def spread_to_steps(pool: TrainPool, rows: np.ndarray, row_scores: np.ndarray) -> np.ndarray:
+    """(n_scored,) per-step scores whose trajectory sums are the sampled rows' sums scaled up to the
+    trajectory's length (each step gets its trajectory's mean): the sums that selection and the LDS use
+    stay unbiased."""
+    episode = pool.episode[: pool.n_scored]
+    n_episodes = int(episode.max()) + 1
+    sums = np.bincount(episode[rows], weights=row_scores, minlength=n_episodes)
+    counts = np.bincount(episode[rows], minlength=n_episodes)
+    return (sums / np.maximum(counts, 1))[episode]
 
 
 def _store_arrays(store: TrajectoryStore, policy: Policy) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from torch import Tensor
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, train_proxy
-from datamil.datamodels.surrogate import TrainPool, take
+from datamil.datamodels.surrogate import TrainPool, sampled_rows, spread_to_steps, take
 from datamil.errors import DatamilError
 from datamil.policies.base import Batch, Policy
 
@@ -46,30 +46,6 @@ def loss_output(policy: Policy, keys: list[str]):
             return torch.ones(len(batch[0]), 1, dtype=batch[0].dtype, device=batch[0].device)
 
     return LossOutput()
-
-
-def featured_rows(pool: TrainPool, steps_per_trajectory: int | None) -> np.ndarray:
-    """(n,) prior rows to featurize: all, or up to `steps_per_trajectory` evenly spaced ones per trajectory."""
-    episode = pool.episode[: pool.n_scored]
-    if steps_per_trajectory is None:
-        return np.arange(pool.n_scored)
-    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
-    lengths = np.diff(np.r_[starts, pool.n_scored])
-    picks = [
-        s + np.unique(np.linspace(0, n - 1, min(n, steps_per_trajectory)).round().astype(np.int64))
-        for s, n in zip(starts, lengths, strict=True)
-    ]
-    return np.concatenate(picks)
-
-
-def spread_to_steps(pool: TrainPool, rows: np.ndarray, row_scores: np.ndarray) -> np.ndarray:
-    """(n_scored,) per-step scores whose trajectory sums are the featurized rows' sums scaled to the
-    trajectory's length (each step gets its trajectory's mean)."""
-    episode = pool.episode[: pool.n_scored]
-    n_episodes = int(episode.max()) + 1
-    sums = np.bincount(episode[rows], weights=row_scores, minlength=n_episodes)
-    featured = np.bincount(episode[rows], minlength=n_episodes)
-    return (sums / np.maximum(featured, 1))[episode]
 
 
 def trak_scores(
@@ -142,7 +118,7 @@ def run_trak(
     with timed(timings, "train"):
         models = [train_proxy(policy, pool, cfg, rng_seed + m) for m in range(n_models)]
     with timed(timings, "featurize_and_score"):
-        rows = featured_rows(pool, steps_per_trajectory)
+        rows = sampled_rows(pool, steps_per_trajectory)
         row_scores = trak_scores(policy, pool, surrogate.val, models, rows, proj_dim, rng_seed, chunk_size)
     scores = check_scores(spread_to_steps(pool, rows, row_scores), train_store.n_steps, "trak")
     return EstimateResult(scores, timings, {"featurized": len(rows), "n_models": n_models})

@@ -5,6 +5,7 @@ against a truth averaged over k training seeds, next to that truth's own noise c
 
     python benchmarks/fidelity_at_scale.py ceiling               # one-seed agreement and k for reliability >= 0.85
     python benchmarks/fidelity_at_scale.py lds                   # every estimator vs the k-seed mean truth
+    python benchmarks/fidelity_at_scale.py cost                  # each estimator ÷ one proxy run, same process
     python benchmarks/fidelity_at_scale.py memory                # peak memory of one metagradient
     python benchmarks/tables.py                                  # the tables, from the committed CSVs only
 
@@ -185,7 +186,6 @@ def run_lds(args: argparse.Namespace) -> None:
     """Every estimator's LDS against the k-seed mean truth at each alpha, with cost ÷ one proxy run."""
     data = load_task(args.task, args.data)
     policy = proxy_policy(data.prior)
-    base = proxy_training_seconds(policy, data.prior, data.target_val, truth_config(args), args.seed)
     calls = estimator_calls(args)
     scores, walls = {}, {}
     for label, call in tqdm(calls.items(), desc="estimators"):
@@ -208,10 +208,42 @@ def run_lds(args: argparse.Namespace) -> None:
                  "k": c.k, "lds_mean_truth": round(rho, 3), "low": round(low, 3), "high": round(high, 3),
                  "lds_one_seed_truth": round(one, 3), "reliability": round(c.reliability, 3),
                  "ratio_to_ceiling": round(rho / c.reliability, 3), "zero_scores": round(float(np.mean(s == 0)), 3),
-                 "wall_s": round(walls[label], 1), "cost_x_proxy": round(walls[label] / base, 2)}
+                 "wall_s": round(walls[label], 1)}
             )  # fmt: skip
             print(rows[-1])
     write_rows(Path(args.out) / "lds.csv", rows)
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    """Each estimator's wall time over one proxy training run timed right before it, in one process, after
+    a short warm-up of both: ratios that hold on a busy machine, unlike walls from different runs."""
+    data = load_task(args.task, args.data)
+    policy = proxy_policy(data.prior)
+    rows = []
+    for label, (name, kwargs, overrides) in estimator_calls(args).items():
+        proxy = replace(truth_config(args), **overrides)
+        estimator = ESTIMATORS.get(name)
+
+        def run(p: ProxyConfig, estimator=estimator, kwargs=kwargs) -> None:
+            estimator(
+                policy,
+                data.prior,
+                data.target_val,
+                args.seed,
+                proxy=p,
+                target_train_store=data.target_train,
+                **kwargs,
+            )
+
+        run(proxy.with_steps(5))
+        base = proxy_training_seconds(policy, data.prior, data.target_val, proxy, args.seed, repeats=1)
+        start = time.perf_counter()
+        run(proxy)
+        wall = time.perf_counter() - start
+        rows.append({"task": args.task, "estimator": label, "k": "", "alpha": "", "proxy_run_s": round(base, 2),
+                     "wall_s": round(wall, 1), "cost_x_proxy": round(wall / base, 2)})  # fmt: skip
+        print(rows[-1])
+    write_rows(Path(args.out) / "cost.csv", rows)
 
 
 def peak_rss_mib() -> float:
@@ -268,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=["ceiling", "lds", "memory"])
+    parser.add_argument("stage", choices=["ceiling", "lds", "cost", "memory"])
     parser.add_argument("--task", default="metaworld/pick-place-wall")
     parser.add_argument("--data", default="metaworld_full")
     parser.add_argument("--steps", type=int, default=400, help="proxy (and truth) training steps")
@@ -301,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"ceiling": run_ceiling, "lds": run_lds, "memory": run_memory}[args.stage](args)
+    {"ceiling": run_ceiling, "lds": run_lds, "cost": run_cost, "memory": run_memory}[args.stage](args)
     atomic_write_text(Path(args.work) / "last_args.json", json.dumps(vars(args), default=str))
 
 

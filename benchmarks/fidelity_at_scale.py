@@ -255,7 +255,7 @@ def peak_rss_mib() -> float:
 
 def run_memory(args: argparse.Namespace) -> None:
     """Peak memory of one metagradient on the full prior, whole-run recording vs segment checkpoints. Each
-    setting runs in a fresh process, so its peak is its own; the data and pool alone are measured first."""
+    setting runs in a fresh process, so its peak is its own; the loaded data alone is measured first."""
     import subprocess
     import sys
 
@@ -287,7 +287,7 @@ def run_memory(args: argparse.Namespace) -> None:
              "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        what = "data and pool only" if every == 0 else f"metagrad, segments of {every} steps"
+        what = "data loaded, no estimator" if every == 0 else f"metagrad, segments of {every} steps"
         rows.append(
             {"task": args.task, "estimator": what, "steps": args.steps, "k": "", "alpha": ""}
             | json.loads(out)

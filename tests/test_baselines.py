@@ -326,9 +326,9 @@ def test_full_preset_declares_its_task_split_and_methods(bench):
     bench.check_methods(list(cfg.methods), str(cfg.estimator_name))
     matched = [m for m in cfg.methods if "@" in m]
     assert len(matched) == 5 and all(m.endswith("@metagrad_threshold") for m in matched)
-    if not cfg.test_tasks:  # before the pilot has picked them, the full run refuses on one line
-        with pytest.raises(DatamilError, match="--pilot"):
-            bench.make_plan(cfg)
+    assert len(cfg.test_tasks) == 5 and not set(cfg.test_tasks) & set(dev)
+    with pytest.raises(DatamilError, match="--pilot"):  # before the pilot has picked them: one line
+        bench.make_plan(bench.load_config("full", ["test_tasks=[]"]))
     with pytest.raises(DatamilError, match="test_candidates"):
         bench.run_pilot(bench.load_config("tiny"))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import time
 from dataclasses import replace
@@ -95,12 +96,15 @@ def subsets(args, data, alpha: float) -> np.ndarray:
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
     """Merge `rows` into the CSV at `path`, keyed by every column but the measured ones."""
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
+    old = list(csv.DictReader(path.open(newline=""))) if path.is_file() else []
     key = lambda r: tuple(str(r[k]) for k in r if k in ("alpha", "estimator", "proxy_seeds", "k", "task"))  # noqa: E731
     merged = {key(r): r for r in old} | {key(r): {k: str(v) for k, v in r.items()} for r in rows}
     fields = list(dict.fromkeys(k for r in merged.values() for k in r))
-    lines = [",".join(fields)] + [",".join(r.get(f, "") for f in fields) for r in merged.values()]
-    return atomic_write_text(path, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(merged.values())
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def run_ceiling(args: argparse.Namespace) -> None:
@@ -287,7 +291,7 @@ def run_memory(args: argparse.Namespace) -> None:
              "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        what = "data loaded, no estimator" if every == 0 else f"metagrad, segments of {every} steps"
+        what = "data loaded (no estimator)" if every == 0 else f"metagrad (segments of {every} steps)"
         rows.append(
             {"task": args.task, "estimator": what, "steps": args.steps, "k": "", "alpha": ""}
             | json.loads(out)

@@ -2,7 +2,8 @@
 
 Resumable: each proxy seed's per-sample scores are saved in the run directory with a fingerprint of
 the settings that produced them; a re-run (after a kill, or to add seeds) reuses the finished seeds and
-refuses to mix scores made with different settings.
+refuses to mix scores made with different settings. The same files let the proxy seeds fan out over
+launcher jobs (`score_seeds`, one job per seed) and be gathered into one selection (`check_seed_files`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def seed_scores(
     """(N_prior_steps,) scores of one proxy seed, loaded from run_dir if this exact run already made them.
 
     The proxy policy is built on the CPU and moved to `device`; estimators run where the policy is."""
-    path = run_dir / "scores" / f"seed{seed}.npz"
+    path = score_path(run_dir, seed)
     key = fingerprint({**settings, "seed": seed})
     if path.is_file():
         saved = np.load(path)
@@ -70,6 +71,65 @@ def seed_scores(
     )
     atomic_write_npz(path, scores=check_scores(scores), fingerprint=np.array(key))
     return scores
+
+
+def score_path(run_dir: Path, seed: int) -> Path:
+    return Path(run_dir) / "scores" / f"seed{seed}.npz"
+
+
+def score_settings(config: dict, data: TaskData) -> dict:
+    """What a score file's fingerprint covers (with its seed): the estimator, the proxy policy, the data."""
+    return {"estimator": config.get("estimator"), "policy": config.get("policy"), "data": data.summary()}
+
+
+def score_seeds(
+    data: TaskData,
+    factory: PolicyFactory,
+    estimate: EstimateFn,
+    seeds: list[int],
+    run_dir: Path,
+    config: dict,
+    device: str | torch.device = "cpu",
+) -> list[Path]:
+    """One fan-out job (`score_only=true`): write these seeds' score files in run_dir, select nothing."""
+    if data.target_val.n_episodes == 0:
+        raise DatamilError("target-val is empty; hold out at least one target demo (data.n_target_val)")
+    check_states(data, factory)
+    settings = score_settings(config, data)
+    for seed in seeds:
+        seed_scores(estimate, factory, data, seed, Path(run_dir), settings, device)
+    return [score_path(run_dir, seed) for seed in seeds]
+
+
+def check_seed_files(run_dir: Path, seeds: list[int], settings: dict) -> None:
+    """Refuse, on one line, a gather whose score files are missing, unreadable or made with other settings."""
+    missing, foreign, unreadable = [], [], []
+    for seed in seeds:
+        path = score_path(run_dir, seed)
+        if not path.is_file():
+            missing.append(seed)
+            continue
+        try:
+            key = str(np.load(path)["fingerprint"])
+        except Exception:  # a truncated or foreign file: zip, pickle and key errors alike
+            unreadable.append(seed)
+            continue
+        if key != fingerprint({**settings, "seed": seed}):
+            foreign.append(seed)
+    problems = [
+        f"seeds {_listed(missing)} have no score file (run them with score_only=true)" if missing else "",
+        f"seeds {_listed(foreign)} were scored with other settings" if foreign else "",
+        f"seeds {_listed(unreadable)} cannot be read; delete those files and rerun them"
+        if unreadable
+        else "",
+    ]
+    if any(problems):
+        found = "; ".join(p for p in problems if p)
+        raise DatamilError(f"cannot gather {len(seeds)} proxy seeds from {Path(run_dir) / 'scores'}: {found}")
+
+
+def _listed(seeds: list[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
 
 
 def check_scores(scores: np.ndarray) -> np.ndarray:
@@ -192,7 +252,7 @@ def run_selection(
     method = SELECTION_METHODS.get(cfg.method)
     if cfg.method in DATAMODEL_METHODS:
         check_states(data, factory)
-    settings = {"estimator": config.get("estimator"), "policy": config.get("policy"), "data": data.summary()}
+    settings = score_settings(config, data)
     scorer = datamodel_scorer(estimate, factory, data, cfg, seeds, run_dir, settings, device)
     traj, chosen = method(SelectionRequest(data, cfg, seeds[0], scorer))
     if len(chosen) == 0 and cfg.method != "target_only":

@@ -381,8 +381,13 @@ def test_tiny_selection_quality_benchmark(bench, tmp_path):
     gathered = bench.main(["--preset", "tiny", *overrides, "methods=[target_only]", "seeds=[1]"])
     assert len(gathered) == len(rows) + 1 and {r["seed"] for r in gathered} == {0, 1}
     assert len(bench.tables.read_rows(tmp_path / "out" / "runs.csv")) == len(rows) + 1
-    pilot = ["+test_candidates=[metaworld/reach]", "+pilot.max_success=1.01", "+pilot.n_test_tasks=1"]
-    (picked,) = bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot])
+    pilot = [
+        "+test_candidates=[metaworld/reach,metaworld/push]",
+        "+pilot.max_success=1.01",
+        "+pilot.n_test_tasks=1",
+    ]
+    (picked,) = bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot])  # push cannot change the pick
+    assert not (tmp_path / "out" / "pilot" / "runs" / "metaworld__push").exists()
     assert picked["seed"] == 100 and picked["test_task"] == "yes"  # its own seed: benchmark runs stay fresh
     assert "test_tasks: [metaworld/reach]" in (tmp_path / "out" / "pilot" / "pilot.md").read_text()
     assert (tmp_path / "out" / "pilot" / "pilot.csv").is_file()

@@ -48,8 +48,10 @@ def make_episodes(
 
 
 def tfds_module() -> Any:
-    import tensorflow_datasets as tfds
+    """TFDS as datamil loads it: the same module, with its empty-temp-dir leak stopped (tfds_env)."""
+    from datamil.data.tfds_env import load_tf
 
+    _, tfds = load_tf()
     tfds.display_progress_bar(False)
     return tfds
 

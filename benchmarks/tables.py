@@ -172,13 +172,25 @@ def difference_text(diff: tuple[float, float, float]) -> str:
 
 
 # ------------------------------------------------------------------------------------ tables
+def finished_everywhere(rows: list[dict], methods: Sequence[str]) -> list[dict]:
+    """The rows of the (task, seed) pairs that every method has finished: means over tasks compare like
+    with like while a run is still filling in."""
+    done = {(r["task"], r["seed"], r["method"]) for r in rows}
+    pairs = {(r["task"], r["seed"]) for r in rows if all((r["task"], r["seed"], m) in done for m in methods)}
+    return [r for r in rows if (r["task"], r["seed"]) in pairs]
+
+
 def success_table(rows: list[dict], methods: Sequence[str]) -> str:
-    """Success per method and task, and the mean over tasks (its interval over per-seed task means)."""
+    """Success per method and task, and the mean over tasks (its interval over per-seed task means), taken
+    over the (task, seed) pairs every method has finished; a partial run says how many tasks that is."""
     tasks = sorted({r["task"] for r in rows})
-    lines = ["| method | " + " | ".join(t.split("/")[-1] for t in tasks) + " | **mean** |"]
+    complete = finished_everywhere(rows, methods)
+    n_complete = len({r["task"] for r in complete})
+    mean = "**mean**" if n_complete == len(tasks) else f"**mean of the {n_complete} finished tasks**"
+    lines = ["| method | " + " | ".join(t.split("/")[-1] for t in tasks) + f" | {mean} |"]
     lines.append("|" + "---|" * (len(tasks) + 2))
     for m in methods:
-        cells = [cell(rows, m, t) for t in tasks] + [cell(rows, m)]
+        cells = [cell(rows, m, t) for t in tasks] + [cell(complete, m)]
         text = [f"{points(c[0])} [{points(c[1])}, {points(c[2])}]" for c in cells]
         lines.append(f"| {label(m)} | " + " | ".join(text[:-1] + [f"**{text[-1]}**"]) + " |")
     return "\n".join(lines)

@@ -135,3 +135,18 @@ def test_other_results_csvs_become_plain_tables(tables, tmp_path):
     lines = written.read_text().splitlines()
     assert lines[0] == "| estimator | alpha | lds |" and lines[2] == "| metagrad/trajectory | 0.5 | 0.61 |"
     assert len(lines) == 4
+
+
+def test_means_of_a_partial_run_cover_only_tasks_every_method_finished(tables):
+    rows = [
+        {"task": t, "method": m, "seed": 0, "success_rate": v, "n_episodes": 50}
+        for t, m, v in [
+            ("a", "random", 1.0),
+            ("a", "all_prior", 0.0),
+            ("b", "random", 0.0),
+        ]  # all_prior: not b yet
+    ]
+    table = tables.success_table(rows, ["random", "all_prior"])
+    assert "mean of the 1 finished tasks" in table
+    assert "| random | 100 [93, 100] | 0 [0, 7] | **100 [93, 100]** |" in table  # b left out of the mean
+    assert [r["task"] for r in tables.finished_everywhere(rows, ["random", "all_prior"])] == ["a", "a"]

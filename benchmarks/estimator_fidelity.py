@@ -7,7 +7,8 @@
 Prints (1) P1 cost: exact metagradient wall time ÷ one warm proxy training run, split forward/backward,
 over interleaved repeats in one process, for each reverse mode (plain autograd, the default, and
 torch.func.vjp); (2) the LDS of every estimator on the same held-out 50% trajectory subsets.
-Bars: metagrad LDS >= 0.9 and >= truncated + 0.2; cost <= 3x.
+Its LDS is against one training seed; on the full prior, where one seed is mostly batch-order noise, use
+benchmarks/fidelity_at_scale.py (a k-seed mean truth and its noise ceiling).
 """
 
 from __future__ import annotations

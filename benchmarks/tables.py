@@ -218,6 +218,7 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
     variants = datamil_variants(methods)
     if not variants:
         return "(no DataMIL method in the method list: no bar check)"
+    rows = finished_everywhere(rows, methods)  # a partial run: only the pairs every method has finished
     lines = [
         "| DataMIL | best baseline | minus best (needs +10) | minus all_prior (needs +15) | bar |",
         "|---|---|---|---|---|",

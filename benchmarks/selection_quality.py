@@ -25,13 +25,14 @@ seed). Every datamodel method of one (task, seed) reads the same estimator score
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ tables = _load_tables()
 MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
-RUN_INDEPENDENT += ("test_candidates", "pilot", "primary")  # keys that never change a run
+RUN_INDEPENDENT += ("test_candidates", "pilot", "primary", "resume_from")  # keys that never change a run
 
 
 @dataclass
@@ -91,6 +92,30 @@ class Plan:
     eval: dict
     out: Path
     config: dict
+    committed: dict = field(default_factory=dict)  # (task, method, seed) -> a finished run's committed row
+
+
+def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
+    """Finished runs committed to the repository (a runs.csv and the composition.csv beside it), keyed by
+    (task, method, seed): a fresh checkout resumes a long benchmark where the last commit left it, instead
+    of re-running what an earlier session finished. A relative path is taken from the repository root."""
+    if not path:
+        return {}
+    csv_path = Path(path) if Path(path).is_absolute() else Path(__file__).resolve().parents[1] / path
+    if not csv_path.is_file():
+        return {}
+    parts: dict[tuple, dict] = {}
+    composition_csv = csv_path.with_name("composition.csv")
+    if composition_csv.is_file():
+        with open(composition_csv, newline="") as f:
+            for c in csv.DictReader(f):
+                key = (c["task"], c["method"], int(c["seed"]))
+                parts.setdefault(key, {})[c["source_task"]] = [int(c["n_selected"]), int(c["n_success"])]
+    rows = {(r["task"], r["method"], int(r["seed"])): r for r in tables.read_rows(csv_path)}
+    return {
+        key: {k: v for k, v in r.items() if v != ""} | {"composition": parts.get(key, {})}
+        for key, r in rows.items()
+    }
 
 
 def load_config(preset: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -135,6 +160,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         eval=dict(plain["eval"]),
         out=Path(cfg.output_dir),
         config=plain,
+        committed=committed_rows(cfg.get("resume_from")),
     )
 
 
@@ -276,6 +302,9 @@ def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
     done = plan.out / "runs" / slug(data.task) / method / f"seed{seed}" / "row.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if (data.task, method, seed) in plan.committed:  # finished in an earlier session and committed
+        atomic_write_text(done, json.dumps(plan.committed[(data.task, method, seed)]))
+        return plan.committed[(data.task, method, seed)]
     cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
     selection, select_s = select(plan, data, method, seed)
     row = train_and_evaluate(plan, data, method, seed, selection)

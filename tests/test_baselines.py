@@ -394,3 +394,18 @@ def test_tiny_selection_quality_benchmark(bench, tmp_path):
     assert (tmp_path / "out" / "composition.csv").is_file()
     with pytest.raises(DatamilError, match="pilot.seed"):
         bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot, "+pilot.seed=0"])
+
+
+def test_committed_runs_resume_a_fresh_checkout(bench, tmp_path):
+    """A runs.csv (and composition.csv) committed by an earlier session is read back as finished runs."""
+    row = {"task": "metaworld/reach", "method": "random", "seed": 0, "success_rate": 0.5, "n_episodes": 50,
+           "surrogate_loss": 0.1, "n_prior": 12, "n_selected": 3, "size_from": ""}  # fmt: skip
+    bench.tables.write_csv([row], tmp_path / "runs.csv")
+    (tmp_path / "composition.csv").write_text(
+        "task,method,seed,source_task,n_selected,n_success\nmetaworld/reach,random,0,metaworld/push,3,2\n"
+    )
+    committed = bench.committed_rows(str(tmp_path / "runs.csv"))
+    back = committed[("metaworld/reach", "random", 0)]
+    assert back["success_rate"] == 0.5 and back["n_selected"] == 3 and "size_from" not in back
+    assert back["composition"] == {"metaworld/push": [3, 2]}
+    assert bench.committed_rows(str(tmp_path / "missing.csv")) == {} and bench.committed_rows(None) == {}

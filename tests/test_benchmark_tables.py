@@ -81,6 +81,10 @@ def test_the_bar_and_the_size_matched_comparison(tables):
     thresh = next(line for line in bar if line.startswith("| metagrad_threshold |"))
     assert "| all_prior |" in top and "+20.0" in top and top.endswith("| met |")
     assert thresh.endswith("| MISSED |") and "+0.0" in thresh
+    all_prior = [r["success_rate"] for r in rows if r["method"] == "all_prior"]
+    headroom = next(line for line in bar if line.startswith("Headroom"))
+    assert f"{100 * (1 - np.mean(all_prior)):+.1f} points" in headroom
+    assert ("out of reach" in headroom) == (100 * (1 - np.mean(all_prior)) < 15)
     paired = tables.paired_table(rows, methods).splitlines()
     assert paired[0] == "| minus | metagrad | metagrad_threshold |"
     matched = next(line for line in paired if "size-matched" in line)

@@ -90,7 +90,7 @@ def main() -> None:
         f"data: {f'{args.data} / {args.task}' if args.task else 'synthetic'}, {prior.n_episodes} prior episodes, "
         f"{prior.n_steps} steps; proxy: GELU 256x256, {args.steps} steps, batch {args.batch_size}, Adam eps 1e-2"
     )
-    print(f"P1 cost, median of {args.repeats} interleaved warm repeats (bar <= 3x one training run)")
+    print(f"P1 cost, median of {args.repeats} interleaved warm repeats, in units of one warm training run")
     for reverse in args.reverse:
         c = cost_split(policy, prior, target_val, proxy, args.repeats, reverse)
         print(

@@ -10,11 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from datamil.data.schema import IMAGE_PREFIX, is_image_key
 from datamil.errors import DatamilError
-from real_robot.cameras import CameraSet
-from real_robot.control import LoopConfig
-from real_robot.recording import SessionInfo, SessionRecorder
-from real_robot.robot import Robot
-from real_robot.safety import SafetyLayer, SafetyLimits
+from datamil.real_robot.cameras import CameraSet
+from datamil.real_robot.control import LoopConfig
+from datamil.real_robot.recording import SessionInfo, SessionRecorder
+from datamil.real_robot.robot import Robot
+from datamil.real_robot.safety import SafetyLayer, SafetyLimits
 
 
 def build_robot(cfg: DictConfig) -> Robot:
@@ -68,7 +68,7 @@ def match_cameras(robot: Robot, meta: dict) -> None:
     if provided is not None and (missing := [k for k in needed if k not in provided]):
         names = [k[len(IMAGE_PREFIX) + 1 :] for k in missing]
         fix = (f"add {missing[0]}: <MetaWorld camera> to robot.cameras" if hasattr(robot, "set_cameras")
-               else f"add cameras named {names} to robot.cameras in configs/robot/<arm>.yaml")  # fmt: skip
+               else f"add cameras named {names} to robot.cameras in datamil/configs/robot/<arm>.yaml")  # fmt: skip
         raise DatamilError(f"the policy reads camera frames {missing} but the robot gives {provided}; {fix}")
 
 

@@ -14,8 +14,8 @@ from collections import deque
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.client import PolicyClient
-from real_robot.robot import Observation
+from datamil.real_robot.client import PolicyClient
+from datamil.real_robot.robot import Observation
 
 
 class ChunkExecutor:

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.wire import pack, unpack
+from datamil.real_robot.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 
 
 class PolicyClient:
-    """Talks to `python -m real_robot.serve` at `url` (ws://host:port)."""
+    """Talks to `python -m datamil.real_robot.serve` at `url` (ws://host:port)."""
 
     def __init__(self, url: str, connect_timeout: float = 1.0, retry_s: float = 0.25) -> None:
         self.url, self.connect_timeout, self.retry_s = url, connect_timeout, retry_s

@@ -17,8 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.robot import SUCCESS, TIMESTAMP, Observation, Robot
-from real_robot.safety import Intervention, SafetyDecision, SafetyLayer, Watchdog
+from datamil.real_robot.robot import SUCCESS, TIMESTAMP, Observation, Robot
+from datamil.real_robot.safety import Intervention, SafetyDecision, SafetyLayer, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class ActionSource(Protocol):
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """How an episode runs; see configs/run.yaml for the meaning of each field."""
+    """How an episode runs; see datamil/configs/run.yaml for the meaning of each field."""
 
     rate_hz: float = 15.0
     max_steps: int = 300

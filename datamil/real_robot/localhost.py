@@ -18,7 +18,7 @@ _READY = re.compile(r"serving .* on ws://[^:]+:(\d+)")
 
 
 class ServerProcess:
-    """`python -m real_robot.serve` as a child; `start()` returns once it listens (its port is parsed)."""
+    """`python -m datamil.real_robot.serve` as a child; `start()` returns once it listens (its port is parsed)."""
 
     def __init__(self, checkpoint: str | os.PathLike, port: int = 0, threads: int = 1) -> None:
         self.checkpoint, self.port, self.threads = Path(checkpoint), port, threads
@@ -30,7 +30,7 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
-        command = [sys.executable, "-m", "real_robot.serve", f"checkpoint={self.checkpoint}",
+        command = [sys.executable, "-m", "datamil.real_robot.serve", f"checkpoint={self.checkpoint}",
                    f"port={self.port}", f"threads={self.threads}"]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads)}
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,

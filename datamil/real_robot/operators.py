@@ -3,7 +3,7 @@
 Every operator is an ActionSource (control.py): `reset(seed)`, `next(obs, timeout) -> (A,) | None`, and
 `done` (the operator ended the episode). They speak the robot's own action space (robot.ActionSpace) and
 pass through the same safety layer as a policy. The scripted operator (the MetaWorld expert) is what the
-tests use as "the person". Registered by name = the `operator=` option of configs/teleop.yaml.
+tests use as "the person". Registered by name = the `operator=` option of datamil/configs/teleop.yaml.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import threading
 import numpy as np
 
 from datamil.errors import DatamilError
+from datamil.real_robot.keys import KeyEvents
+from datamil.real_robot.robot import STATE, ActionSpace, Observation
 from datamil.registry import Registry
-from real_robot.keys import KeyEvents
-from real_robot.robot import STATE, ActionSpace, Observation
 
 OPERATORS: Registry[type] = Registry("teleoperator")
 
@@ -42,12 +42,12 @@ def twist_action(space: ActionSpace, twist: np.ndarray, gripper: float) -> np.nd
 
 @OPERATORS.register("scripted")
 class ScriptedOperator:
-    """The task's scripted expert (sim_tasks) reading the state: the stand-in operator of the tests."""
+    """The task's scripted expert (datamil.sim_tasks) reading the state: the stand-in operator of the tests."""
 
     done = False
 
     def __init__(self, task: str, space: ActionSpace | None = None, keys: KeyEvents | None = None) -> None:
-        from sim_tasks import make_expert
+        from datamil.sim_tasks import make_expert
 
         self.expert = make_expert(task)
 
@@ -148,7 +148,7 @@ class LeaderArmOperator:
     ) -> None:  # fmt: skip
         if space.mode != "joint":
             raise DatamilError("operator=leader mirrors joints: use it with robot=lerobot (mode joint)")
-        from real_robot.drivers.lerobot import make_lerobot_device
+        from datamil.real_robot.drivers.lerobot import make_lerobot_device
 
         self.device = make_lerobot_device("teleoperator", teleop_type, port=port, id=teleop_id)
         self.device.connect()

@@ -37,10 +37,10 @@ import numpy as np
 from datamil.data.schema import OBS_STATE, Episode, EpisodeMeta, is_image_key
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_json
-from real_robot.control import EpisodeResult, StepRecord
-from real_robot.robot import TIMESTAMP
-from real_robot.safety import flag_names
-from real_robot.wire import pack, unpack_stream
+from datamil.real_robot.control import EpisodeResult, StepRecord
+from datamil.real_robot.robot import TIMESTAMP
+from datamil.real_robot.safety import flag_names
+from datamil.real_robot.wire import pack, unpack_stream
 
 RECORD_FILE, STEPS_FILE, SESSION_FILE = "record.json", "steps.npz", "session.json"
 PARTIAL = "_partial"

@@ -59,7 +59,7 @@ class ActionSpace:
         if self.dim <= 0 or any(not 0 <= i < self.dim for i in used) or len(set(used)) != len(used):
             raise DatamilError(
                 f"action_space: translation {self.translation}, rotation {self.rotation} and gripper "
-                f"{self.gripper} must be disjoint indices inside dim={self.dim}; fix configs/robot/*.yaml"
+                f"{self.gripper} must be disjoint indices inside dim={self.dim}; fix datamil/configs/robot/*.yaml"
             )
         object.__setattr__(self, "translation", _pair(self.translation))
         object.__setattr__(self, "rotation", _pair(self.rotation))
@@ -97,7 +97,7 @@ def check_observation(obs: Observation, action_space: ActionSpace) -> None:
     for key in (STATE, EE_POSE, TIMESTAMP):
         if key not in obs:
             raise DatamilError(
-                f"robot observation lacks {key!r}; the driver must fill it (real_robot/robot.py)"
+                f"robot observation lacks {key!r}; the driver must fill it (datamil/real_robot/robot.py)"
             )
     pose = np.asarray(obs[EE_POSE])
     if action_space.mode != "joint" and pose.shape not in ((3,), (6,)):

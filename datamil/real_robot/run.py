@@ -1,4 +1,7 @@
-"""`python -m real_robot.run robot=franka task=...`: run a served policy on an arm (configs/run.yaml)."""
+"""`python -m datamil.real_robot.run robot=franka task=...`: run a served policy on an arm.
+
+Config: datamil/configs/run.yaml.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,25 @@ import threading
 import hydra
 from omegaconf import DictConfig
 
+from datamil.cli import CONFIG_DIR
 from datamil.errors import DatamilError
 
 
-@hydra.main(config_path="../configs", config_name="run", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="run", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from real_robot.build import build_loop, build_recorder, build_robot, build_safety, match_cameras
-    from real_robot.chunking import PolicySource
-    from real_robot.client import PolicyClient
-    from real_robot.keys import KeyEvents, install_stop
-    from real_robot.session import make_labeler, run_session
+    from datamil.real_robot.build import build_loop, build_recorder, build_robot, build_safety, match_cameras
+    from datamil.real_robot.chunking import PolicySource
+    from datamil.real_robot.client import PolicyClient
+    from datamil.real_robot.keys import KeyEvents, install_stop
+    from datamil.real_robot.session import make_labeler, run_session
 
     robot = build_robot(cfg)
     safety, loop = build_safety(cfg, robot), build_loop(cfg)
     client = PolicyClient(cfg.server.url, connect_timeout=safety.limits.watchdog_deadline_s * 5)
     if not client.connect(wait_s=cfg.server.connect_wait_s):
-        raise SystemExit(f"error: no policy server at {cfg.server.url}; start python -m real_robot.serve")
+        raise SystemExit(
+            f"error: no policy server at {cfg.server.url}; start python -m datamil.real_robot.serve"
+        )
     try:
         match_cameras(robot, client.meta)
     except DatamilError as e:

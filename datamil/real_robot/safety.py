@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from real_robot.robot import EE_POSE, ActionSpace, Observation
+from datamil.real_robot.robot import EE_POSE, ActionSpace, Observation
 
 JOINTS = "joints"  # observation key of joint positions, needed by mode="joint" robots
 
@@ -51,7 +51,7 @@ def flag_names(flags: int) -> list[str]:
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Limits in physical units (meters, radians) in the robot's base frame; see configs/robot/*.yaml."""
+    """Limits in physical units (meters, radians) in the robot's base frame; see datamil/configs/robot/*.yaml."""
 
     workspace_low: tuple[float, float, float] = (-np.inf, -np.inf, -np.inf)
     workspace_high: tuple[float, float, float] = (np.inf, np.inf, np.inf)

@@ -1,4 +1,7 @@
-"""`python -m real_robot.serve checkpoint=...`: serve a datamil policy to robot computers (configs/serve.yaml)."""
+"""`python -m datamil.real_robot.serve checkpoint=...`: serve a datamil policy to robot computers.
+
+Config: datamil/configs/serve.yaml.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,17 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from datamil.cli import CONFIG_DIR
 from datamil.errors import DatamilError
 
-log = logging.getLogger("real_robot.serve")
+log = logging.getLogger("datamil.real_robot.serve")
 
 
-@hydra.main(config_path="../configs", config_name="serve", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="serve", version_base=None)
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from real_robot.server import load_served, serve
+    from datamil.real_robot.server import load_served, serve
 
     torch.set_num_threads(int(cfg.threads))
     try:

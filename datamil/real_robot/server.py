@@ -3,10 +3,10 @@
 Why a server: the robot computer runs the fixed-rate loop and the safety layer with few dependencies;
 the desktop runs torch. The server is stateless between requests except for the diffusion sampler's seed
 (set by "reset"), so a client may reconnect at any time. It always answers with a chunk (H, A): H = 1
-for BC; the client decides how many actions of a chunk to execute (real_robot.chunking).
+for BC; the client decides how many actions of a chunk to execute (datamil.real_robot.chunking).
 
 Inference runs inline on the event loop: one robot talks to one server, and a request queue would only
-add latency. Wire format: real_robot.wire.
+add latency. Wire format: datamil.real_robot.wire.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.wire import pack, unpack
+from datamil.real_robot.wire import pack, unpack
 
 log = logging.getLogger(__name__)
 

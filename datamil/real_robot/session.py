@@ -1,7 +1,7 @@
 """A session: episodes run back to back on one robot, each labeled and recorded, none ever lost.
 
-`run_session` is what both entry points call (`real_robot.run` with the policy server as the action
-source, `real_robot.teleop` with an operator). Whatever ends it (the stop key, an exception, Ctrl-C),
+`run_session` is what both entry points call (`datamil.real_robot.run` with the policy server as the action
+source, `datamil.real_robot.teleop` with an operator). Whatever ends it (the stop key, an exception, Ctrl-C),
 the episode in progress is written as a partial episode and the robot is closed.
 """
 
@@ -12,11 +12,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from real_robot.control import ActionSource, EpisodeResult, LoopConfig, run_episode
-from real_robot.keys import KeyEvents
-from real_robot.recording import SessionRecorder
-from real_robot.robot import Robot, check_observation
-from real_robot.safety import SafetyLayer
+from datamil.real_robot.control import ActionSource, EpisodeResult, LoopConfig, run_episode
+from datamil.real_robot.keys import KeyEvents
+from datamil.real_robot.recording import SessionRecorder
+from datamil.real_robot.robot import Robot, check_observation
+from datamil.real_robot.safety import SafetyLayer
 
 log = logging.getLogger(__name__)
 LABELS = ("prompt", "sim", "none")

@@ -1,7 +1,7 @@
 """SimArm: the Robot protocol on a MuJoCo MetaWorld task (the Sawyer arm), with its success signal.
 
 It is the test double and the dry-run target: real physics, the same observation dict as a real arm,
-and the same 39-d state as the MetaWorld data `sim_tasks` generates, so recorded demos mix with it.
+and the same 39-d state as the MetaWorld data `datamil.sim_tasks` generates, so recorded demos mix with it.
 
 Action convention (MetaWorld's own, 4-d, each in [-1, 1]):
     [dx, dy, dz, grip]  hand mocap moves by 0.01 m per unit per step; grip is an effort, +1 close, -1 open.
@@ -10,8 +10,8 @@ gripper], gripper absolute in [0, 1], 1 = open): translation * 0.01 m, zero rota
 `to_common` / `from_common` do it both ways.
 
 Cameras: `cameras={"image_primary": "corner"}` adds (H, W, 3) uint8 frames of those MetaWorld cameras
-(upright, `image_size`, sim_tasks' fast render flags) to every observation, as a real arm's cameras do.
-The env then runs in a worker process (real_robot.sim_worker): Mesa's EGL must never share a process
+(upright, `image_size`, datamil.sim_tasks' fast render flags) to every observation, as a real arm's cameras do.
+The env then runs in a worker process (datamil.real_robot.sim_worker): Mesa's EGL must never share a process
 with the TensorFlow that writes recordings. A frame is rendered in `observe()`, like a camera read, so
 the control loop's latency includes it. `render_fast` / `render_samples` (scene flags, multisampling)
 default to what generated image data uses; `run` takes them from the served policy, so SimArm renders
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.robot import EE_POSE, GRIPPER, STATE, SUCCESS, TIMESTAMP, ActionSpace, Observation
+from datamil.real_robot.robot import EE_POSE, GRIPPER, STATE, SUCCESS, TIMESTAMP, ActionSpace, Observation
 
 METERS_PER_UNIT = 0.01  # MetaWorld's action_scale: mocap displacement per unit action per step
 SIM_ACTION_SPACE = ActionSpace(
@@ -75,8 +75,8 @@ class SimArm:
         self.task, self.seed, self.stream, self.max_env_steps = task, seed, stream, max_env_steps
         self.render_fast = bool(render_fast)
         self.render_samples = int(render_samples)
-        self._sim: Any = None  # real_robot.sim_worker.SimEnv here, or EnvProcess with cameras
-        self.cameras: Any = None  # sim_tasks.render.CameraConfig, or None: no image observations
+        self._sim: Any = None  # datamil.real_robot.sim_worker.SimEnv here, or EnvProcess with cameras
+        self.cameras: Any = None  # datamil.sim_tasks.render.CameraConfig, or None: no image observations
         self.set_cameras(cameras, image_size)
         self.episode = -1
 
@@ -102,7 +102,7 @@ class SimArm:
         self.render_samples = int(render.get("samples", self.render_samples))
         self.cameras = None
         if cameras:
-            from sim_tasks.render import CameraConfig
+            from datamil.sim_tasks.render import CameraConfig
 
             self.cameras = CameraConfig.of(
                 dict(cameras), tuple(image_size), self.render_fast, self.render_samples
@@ -110,7 +110,7 @@ class SimArm:
 
     def connect(self) -> None:
         """Build the env (MetaWorld imports here, like a vendor SDK would); with cameras, in a worker."""
-        from real_robot.sim_worker import EnvProcess, SimEnv
+        from datamil.real_robot.sim_worker import EnvProcess, SimEnv
 
         if self._sim is None:
             make = SimEnv if self.cameras is None else EnvProcess

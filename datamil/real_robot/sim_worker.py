@@ -1,8 +1,8 @@
 """SimArm's simulation: a MetaWorld env and its cameras, in this process or in a worker process.
 
 Why a worker for cameras: Mesa's EGL and TensorFlow segfault when they share a process, and the robot
-computer's process writes RLDS through TensorFlow (real_robot.recording). So with cameras the env and
-its renderer (sim_tasks.render: fast flags, upright frames) live in `python -m real_robot.sim_worker`,
+computer's process writes RLDS through TensorFlow (datamil.real_robot.recording). So with cameras the env and
+its renderer (datamil.sim_tasks.render: fast flags, upright frames) live in `python -m datamil.real_robot.sim_worker`,
 which imports nothing else, and the GL context is closed there explicitly. A fresh interpreter rather
 than a multiprocessing "spawn" child: spawn re-imports the caller's main script, and a script that
 imports TensorFlow at the top would bring it into the renderer.
@@ -30,7 +30,7 @@ Reading = tuple[np.ndarray, bool, dict[str, np.ndarray]]  # state (39,), success
 
 
 class SimEnv:
-    """The env behind SimArm in this process; `cameras` (sim_tasks.render.CameraConfig) adds frames."""
+    """The env behind SimArm in this process; `cameras` (datamil.sim_tasks.render.CameraConfig) adds frames."""
 
     def __init__(
         self,
@@ -40,12 +40,12 @@ class SimEnv:
         max_steps: int,
         cameras: Any = None,
     ) -> None:
-        from sim_tasks import make_env
+        from datamil.sim_tasks import make_env
 
         self.env = make_env(task, seed, stream, max_steps=max_steps)
         self.renderer: Any = None
         if cameras is not None:
-            from sim_tasks.render import EnvFrames
+            from datamil.sim_tasks.render import EnvFrames
 
             self.renderer = EnvFrames(self.env, cameras)
         self._state: np.ndarray | None = None
@@ -104,11 +104,11 @@ def _serve(conn: Connection) -> None:
 
 
 class EnvProcess:
-    """A SimEnv in `python -m real_robot.sim_worker`, with the same calls."""
+    """A SimEnv in `python -m datamil.real_robot.sim_worker`, with the same calls."""
 
     def __init__(self, task: str, seed: int, stream: int, max_steps: int, cameras: Any) -> None:
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-m", "real_robot.sim_worker", str(theirs.fileno())]
+        command = [sys.executable, "-m", "datamil.real_robot.sim_worker", str(theirs.fileno())]
         self._process = subprocess.Popen(command, pass_fds=[theirs.fileno()])
         theirs.close()
         self._conn = Connection(ours.detach())

@@ -1,4 +1,7 @@
-"""`python -m real_robot.teleop robot=... operator.name=keyboard task=...`: record demos (configs/teleop.yaml)."""
+"""`python -m datamil.real_robot.teleop robot=... operator.name=keyboard task=...`: record demos.
+
+Config: datamil/configs/teleop.yaml.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +10,16 @@ import threading
 import hydra
 from omegaconf import DictConfig
 
+from datamil.cli import CONFIG_DIR
 from datamil.errors import DatamilError
 
 
-@hydra.main(config_path="../configs", config_name="teleop", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="teleop", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from real_robot.build import build_loop, build_recorder, build_robot, build_safety
-    from real_robot.keys import KeyEvents, install_stop
-    from real_robot.operators import OPERATORS
-    from real_robot.session import make_labeler, run_session
+    from datamil.real_robot.build import build_loop, build_recorder, build_robot, build_safety
+    from datamil.real_robot.keys import KeyEvents, install_stop
+    from datamil.real_robot.operators import OPERATORS
+    from datamil.real_robot.session import make_labeler, run_session
 
     robot = build_robot(cfg)
     safety, loop = build_safety(cfg, robot), build_loop(cfg)

@@ -3,7 +3,7 @@
 Tasks are named "suite/task" (e.g. "metaworld/pick-place-wall"); `task_names()` lists them.
 """
 
-from sim_tasks.suites import (
+from datamil.sim_tasks.suites import (
     STREAM_EVAL,
     STREAM_PRIOR,
     STREAM_TARGET,

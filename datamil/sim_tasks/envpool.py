@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sim_tasks.render import CameraConfig, EnvFrames
-from sim_tasks.suites import make_env
+from datamil.sim_tasks.render import CameraConfig, EnvFrames
+from datamil.sim_tasks.suites import make_env
 
 # obs (S, D) -- or, with cameras, {"state": (S, D), "image_*": (S, H, W, 3)} -- reward, success, truncated (S,)
 Step = tuple[Any, np.ndarray, np.ndarray, np.ndarray]

@@ -19,8 +19,15 @@ from tqdm.auto import tqdm
 
 from datamil.data.schema import OBS_STATE, Episode, EpisodeMeta
 from datamil.errors import DatamilError
-from sim_tasks.render import CameraConfig, EnvFrames
-from sim_tasks.suites import STREAM_PRIOR, STREAM_TARGET, episode_rng, make_env, make_expert, split_task
+from datamil.sim_tasks.render import CameraConfig, EnvFrames
+from datamil.sim_tasks.suites import (
+    STREAM_PRIOR,
+    STREAM_TARGET,
+    episode_rng,
+    make_env,
+    make_expert,
+    split_task,
+)
 
 NOISE_PURPOSE = 1  # episode_rng purpose for everything random in an episode except its start state
 BURST_RATE = 0.02  # per-step chance that a perturbed expert starts a random-action burst

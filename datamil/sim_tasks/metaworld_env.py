@@ -21,7 +21,7 @@ import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 from metaworld.policies import ENV_POLICY_MAP
 
-from sim_tasks.suites import SUITES, Expert, episode_rng
+from datamil.sim_tasks.suites import SUITES, Expert, episode_rng
 
 SUITE = "metaworld"
 STATE_DIM = 39

@@ -187,7 +187,7 @@ def measure_render_fps(
     samples: int = 0,
 ) -> float:
     """Frames per second of one renderer on one core, warm (5 frames first), env state fixed."""
-    from sim_tasks.suites import make_env
+    from datamil.sim_tasks.suites import make_env
 
     env = make_env(task, 0)
     env.reset()

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from datamil.data.schema import OBS_STATE
 from datamil.errors import DatamilError
-from sim_tasks.envpool import EnvPool, make_pool
-from sim_tasks.render import CameraConfig
-from sim_tasks.suites import STREAM_EVAL, make_env, make_expert
+from datamil.sim_tasks.envpool import EnvPool, make_pool
+from datamil.sim_tasks.render import CameraConfig
+from datamil.sim_tasks.suites import STREAM_EVAL, make_env, make_expert
 
 ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {"state": (B, D)} -> (B, A) or (B, H, A)
 Z95 = 1.959963984540054  # two-sided 95% normal quantile

@@ -41,11 +41,11 @@ class Suite(Protocol):
 
 
 SUITES: Registry[Suite] = Registry("task suite")
-BUILTIN_SUITES = ("sim_tasks.metaworld_env",)  # modules that register a suite when imported
+BUILTIN_SUITES = ("datamil.sim_tasks.metaworld_env",)  # modules that register a suite when imported
 
 
 def _suites() -> Registry[Suite]:
-    """The registry with the built-in suites loaded, whichever sim_tasks module was imported first."""
+    """The registry with the built-in suites loaded, whichever datamil.sim_tasks module was imported first."""
     for module in BUILTIN_SUITES:
         importlib.import_module(module)
     return SUITES

@@ -1,15 +1,15 @@
 """Vendor drivers: each a thin mapping between the Robot protocol and one SDK, imported in connect().
 
 Constructing a driver validates its settings and touches no hardware and no SDK, so every config under
-configs/robot/ loads and validates on any machine (tests do). Registered by the `robot=` option name.
+datamil/configs/robot/ loads and validates on any machine (tests do). Registered by the `robot=` option name.
 """
 
+from datamil.real_robot.drivers.franka import FrankaArm
+from datamil.real_robot.drivers.lerobot import LeRobotArm
+from datamil.real_robot.drivers.ur import URArm
+from datamil.real_robot.drivers.xarm import XArm
+from datamil.real_robot.sim_arm import SimArm
 from datamil.registry import Registry
-from real_robot.drivers.franka import FrankaArm
-from real_robot.drivers.lerobot import LeRobotArm
-from real_robot.drivers.ur import URArm
-from real_robot.drivers.xarm import XArm
-from real_robot.sim_arm import SimArm
 
 ROBOTS: Registry[type] = Registry("robot")
 for _name, _cls in {

@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.cameras import CameraSet
-from real_robot.robot import EE_POSE, GRIPPER, STATE, TIMESTAMP, ActionSpace, Observation
+from datamil.real_robot.cameras import CameraSet
+from datamil.real_robot.robot import EE_POSE, GRIPPER, STATE, TIMESTAMP, ActionSpace, Observation
 
 # The common OXE convention of datamil/data/oxe.py: [dx, dy, dz, droll, dpitch, dyaw, gripper (1 = open)].
 OXE_DELTA = ActionSpace(dim=7, mode="delta", translation=(0, 3), rotation=(3, 6), gripper=6)

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from real_robot.cameras import CameraSet
-from real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
-from real_robot.robot import ActionSpace, Observation
+from datamil.real_robot.cameras import CameraSet
+from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.robot import ActionSpace, Observation
 
 HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)  # the usual "ready" pose, radians
 

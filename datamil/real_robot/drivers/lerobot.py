@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.robot import EE_POSE, GRIPPER, STATE, TIMESTAMP, ActionSpace, Observation
-from real_robot.safety import JOINTS
+from datamil.real_robot.robot import EE_POSE, GRIPPER, STATE, TIMESTAMP, ActionSpace, Observation
+from datamil.real_robot.safety import JOINTS
 
 
 def make_lerobot_device(kind: str, type_name: str, **config: Any) -> Any:

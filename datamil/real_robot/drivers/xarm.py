@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from real_robot.cameras import CameraSet
-from real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
-from real_robot.robot import ActionSpace, Observation
+from datamil.real_robot.cameras import CameraSet
+from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.robot import ActionSpace, Observation
 
 GRIPPER_COUNTS = 850.0
 

@@ -22,7 +22,7 @@ from datamil.real_robot.cameras import CameraSet
 from datamil.real_robot.chunking import PolicySource
 from datamil.real_robot.client import PolicyClient
 from datamil.real_robot.control import LoopConfig
-from datamil.real_robot.localhost import REPO, ServerProcess
+from datamil.real_robot.localhost import ServerProcess
 from datamil.real_robot.recording import SessionInfo, SessionRecorder, merge_session, session_episodes
 from datamil.real_robot.safety import SafetyLayer, SafetyLimits
 from datamil.real_robot.session import make_labeler, run_session
@@ -124,12 +124,12 @@ def test_image_policy_is_served_drives_simarm_and_frames_are_recorded(server, tm
     np.testing.assert_array_equal(read.observations["image_primary"], frames)
 
 
-def test_run_entry_point_gives_an_image_policy_the_sim_cameras_it_reads(server):
+def test_run_entry_point_gives_an_image_policy_the_sim_cameras_it_reads(server, tmp_path):
     """`python -m datamil.real_robot.run robot=sim` with no cameras set renders what the served policy reads."""
     command = [sys.executable, "-m", "datamil.real_robot.run", f"task={TASK}", f"server.url={server.url}",
                "episodes=1", "control.max_steps=5", "control.rate_hz=30", "key_input=none", "label=sim",
                "recording.enabled=false"]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "episode 0: max_steps, 5 steps" in done.stdout and "interventions {}" in done.stdout, done.stdout
 

@@ -17,7 +17,6 @@ import pytest
 
 from datamil.data.rlds import read_rlds
 from datamil.real_robot.control import LoopConfig, run_episode
-from datamil.real_robot.localhost import REPO
 from datamil.real_robot.operators import ScriptedOperator
 from datamil.real_robot.recording import SessionInfo, SessionRecorder, recover, session_episodes
 from datamil.real_robot.safety import SafetyLayer, SafetyLimits
@@ -95,7 +94,7 @@ def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
                "label=sim", "episodes=50", "control.rate_hz=100", "control.max_steps=60", f"recording.root={root}",
                "recording.fsync_every=1"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     try:

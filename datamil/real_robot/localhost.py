@@ -13,7 +13,6 @@ from pathlib import Path
 
 from datamil.errors import DatamilError
 
-REPO = Path(__file__).resolve().parents[1]
 _READY = re.compile(r"serving .* on ws://[^:]+:(\d+)")
 
 
@@ -33,8 +32,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "datamil.real_robot.serve", f"checkpoint={self.checkpoint}",
                    f"port={self.port}", f"threads={self.threads}"]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads)}
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)  # fmt: skip
         deadline = time.monotonic() + timeout
         for line in self.process.stdout:
             self.output.append(line)

@@ -119,7 +119,7 @@ def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
 
 
 def load_config(preset: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """configs/benchmark/<preset>.yaml with Hydra-style overrides (`seeds=[0]`, `data.episodes_per_task=4`)."""
+    """datamil/configs/benchmark/<preset>.yaml with Hydra-style overrides (`seeds=[0]`, `data.episodes_per_task=4`)."""
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return compose(config_name=f"benchmark/{preset}", overrides=list(overrides))
 
@@ -429,7 +429,7 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
     rule = cfg.get("pilot")
     if not candidates or rule is None:
         raise DatamilError(
-            "--pilot needs test_candidates and pilot in the preset (see configs/benchmark/full.yaml)"
+            "--pilot needs test_candidates and pilot in the preset (see datamil/configs/benchmark/full.yaml)"
         )
     dev = sorted(set(candidates) & set(cfg.get("dev_tasks") or []))
     if dev:
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--preset", default="quick", help="configs/benchmark/<preset>.yaml: quick | default | full | tiny"
+        "--preset", default="quick", help="datamil/configs/benchmark/<preset>.yaml: quick | default | full | tiny"
     )
     parser.add_argument(
         "--pilot", action="store_true", help="target_only, seed 0, on test_candidates: picks test_tasks"

@@ -18,10 +18,12 @@ from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
 
 os.environ.setdefault("WANDB_SILENT", "true")
-# configs/hydra/launcher/ray.yaml has the name of hydra-ray-launcher's own config and spells out all of it;
+# datamil/configs/hydra/launcher/ray.yaml has the name of hydra-ray-launcher's own config and spells out all of it;
 # Hydra 1.3 still validates it against that schema and warns about the name on every sweep.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# The Hydra configs ship inside the package (package data), so an editable checkout and an installed wheel
+# find them the same way.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 
 def one_line_errors(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

@@ -20,8 +20,8 @@ import torch
 from datamil.checkpoint import load_policy
 from datamil.device import resolve_device
 from datamil.io import atomic_write_text
+from datamil.sim_tasks.rollout import EvalResult, evaluate_policy
 from datamil.video import VideoConfig, VideoUnavailable, record_video
-from sim_tasks.rollout import EvalResult, evaluate_policy
 
 SUMMARY_FIELDS = (
     "task",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from datamil.checkpoint import save_policy
+from datamil.cli import CONFIG_DIR
 from datamil.cotraining import build_policy
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
@@ -40,11 +41,11 @@ from datamil.policies.base import ACTION, OBS_STATE_KEY, Policy
 from datamil.policies.diffusion import DiffusionPolicy
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy
+from datamil.real_robot.server import load_served
 from datamil.training import BatchSource, LossCurve, OptimConfig, gather_batch, init_params, train
-from real_robot.server import load_served
 
 META = torch.device("meta")
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(CONFIG_DIR)
 DIFFUSION = dict(hidden=(16, 16), horizon=4, n_action_steps=2, inference_steps=3)
 IMAGE = dict(channels=(8, 8), strides=(2, 1), keypoints=4, feature_dim=8, hidden=(16,), image_size=(32, 32))
 

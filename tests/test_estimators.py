@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
@@ -279,7 +280,7 @@ def test_estimator_config_instantiates_to_the_registered_estimator(name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "estimator" / f"{name}.yaml")
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "estimator" / f"{name}.yaml")
     estimate = instantiate(cfg)
     assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
     assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)

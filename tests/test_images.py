@@ -85,8 +85,8 @@ def test_configure_gl_picks_egl_only_without_a_display() -> None:
 
 
 def _render_probe() -> dict:
-    from sim_tasks.render import CameraConfig, FrameRenderer
-    from sim_tasks.suites import make_env
+    from datamil.sim_tasks.render import CameraConfig, FrameRenderer
+    from datamil.sim_tasks.suites import make_env
 
     env = make_env("metaworld/reach", 0)
     env.reset()
@@ -117,8 +117,8 @@ def test_renderer_gives_configured_views_and_names_valid_cameras() -> None:
 
 @pytest.mark.sim
 def test_generator_renders_cameras_per_step_and_stays_state_only_by_default() -> None:
-    from sim_tasks.generate import generate_episodes
-    from sim_tasks.render import CameraConfig
+    from datamil.sim_tasks.generate import generate_episodes
+    from datamil.sim_tasks.render import CameraConfig
 
     cams = CameraConfig.of({"image_primary": "corner"}, (32, 32))
     (ep,) = generate_episodes(["metaworld/reach"], 1, 0, max_steps=6, workers=1, progress=False, cameras=cams)

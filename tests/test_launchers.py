@@ -1,4 +1,4 @@
-"""Sweep launchers (configs/hydra/launcher): the Ray launcher end to end on a local Ray that the sweep
+"""Sweep launchers (datamil/configs/hydra/launcher): the Ray launcher end to end on a local Ray that the sweep
 starts on this machine and stops, against the basic launcher; the GPU request of the SLURM launcher.
 
 The Ray and SLURM plugins are optional extras (`pip install -e ".[ray]"`, `".[slurm]"`): their tests skip,
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from datamil.cli import CONFIG_DIR
+
+CONFIGS = Path(CONFIG_DIR)
 RAY_PROCESSES = {"raylet", "gcs_server"}
 
 
@@ -40,7 +42,7 @@ def compose_launcher(launcher: str, *overrides: str):
 
 @pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/ray' is validated:UserWarning")  # see datamil.cli
 def test_ray_launcher_config_is_ours_in_full() -> None:
-    """configs/hydra/launcher/ray.yaml shadows the plugin's config of the same name and names its class."""
+    """datamil/configs/hydra/launcher/ray.yaml shadows the plugin's config of the same name and names its class."""
     launcher = compose_launcher("ray")
     assert launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
     assert launcher.ray.init.address is None and launcher.ray.init.include_dashboard is False

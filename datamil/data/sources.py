@@ -119,9 +119,9 @@ class MetaWorldSource:
     render_samples: int = 0  # multisample anti-aliasing (MuJoCo's default 4 costs ~3x on software GL)
     image_encoding: str = "png"  # how frames are stored in RLDS: png (lossless) or jpeg
 
-    def camera_config(self):  # -> sim_tasks.render.CameraConfig | None
+    def camera_config(self):  # -> datamil.sim_tasks.render.CameraConfig | None
         """The rendering settings, or None when the data is state-only (no cameras)."""
-        from sim_tasks.render import CameraConfig
+        from datamil.sim_tasks.render import CameraConfig
 
         return CameraConfig.of(self.cameras, self.image_size, self.render_fast, self.render_samples)
 
@@ -131,7 +131,7 @@ class MetaWorldSource:
         return {} if cameras is None else {"images": cameras.to_dict(), "image_encoding": self.image_encoding}
 
     def load(self, task: str) -> TaskData:
-        from sim_tasks.suites import split_task
+        from datamil.sim_tasks.suites import split_task
 
         split_task(task)  # an unknown task fails here, listing the valid names
         root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
@@ -142,7 +142,7 @@ class MetaWorldSource:
 
     def prior_task_list(self, task: str) -> list[str]:
         """The prior's tasks: `prior_tasks` (default: every task of the target's suite), target in or out."""
-        from sim_tasks.suites import split_task, task_names
+        from datamil.sim_tasks.suites import split_task, task_names
 
         suite = task.partition("/")[0]
         tasks = [t if "/" in t else f"{suite}/{t}" for t in self.prior_tasks]
@@ -158,7 +158,7 @@ class MetaWorldSource:
         return tasks
 
     def _prior(self, task: str, root: Path) -> TrajectoryStore:
-        from sim_tasks.generate import generate_episodes
+        from datamil.sim_tasks.generate import generate_episodes
 
         tasks = self.prior_task_list(task)
         config = {
@@ -186,7 +186,7 @@ class MetaWorldSource:
         )
 
     def _target(self, task: str, root: Path) -> TrajectoryStore:
-        from sim_tasks.generate import generate_target_demos
+        from datamil.sim_tasks.generate import generate_target_demos
 
         config = {
             "kind": "target",

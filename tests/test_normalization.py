@@ -81,7 +81,9 @@ def test_pipeline_normalizes_each_prior_dataset_by_its_own_statistics():
 
 def test_a_policy_trained_on_normalized_data_acts_in_raw_units_after_loading(tmp_path):
     target = scaled_store(0.02, 5, 2, "target")
-    data = normalize_task_data(TaskData("t", target, target.subset([0, 1, 2]), target.subset([3, 4])), "q01_q99")
+    data = normalize_task_data(
+        TaskData("t", target, target.subset([0, 1, 2]), target.subset([3, 4])), "q01_q99"
+    )
     mixture = build_mixture(data.target_train, data.prior, [], 1.0, 1.0, 8, 0)
     policy = build_policy(lambda **kw: MLPPolicy(**kw, hidden=(8,)), mixture.store)
     raw_obs = {"state": np.asarray(target.arrays["obs/state"][:4])}

@@ -104,6 +104,22 @@ def test_target_reads_as_is_whatever_the_prior_standardization(datasets, tmp_pat
     assert single.target_train.arrays["obs/state"].shape[1] == 7
 
 
+def test_docs_mixture_example_parses():
+    """The mixture block of docs/oxe.md is a valid data.prior list."""
+    import re
+
+    import yaml
+
+    from datamil.data.mixture import prior_entries
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "oxe.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", docs, flags=re.S) if "prior:\n  - " in b]
+    entries = prior_entries(yaml.safe_load(block)["prior"])
+    assert [e.robot for e in entries] == ["widowx", "google_robot", "franka"]
+    assert entries[1].label == "rt1" and entries[1].weight == 0.5 and entries[0].max_episodes == 2000
+    assert entries[2].mapping == {"state_keys": ["observation/robot_obs[0:7]"]}
+
+
 def test_bad_mixture_entries_are_one_line(datasets, tmp_path):
     same = [{"path": str(datasets["bridge"])}, {"path": str(datasets["bridge"]), "max_episodes": 1}]
     with pytest.raises(DataError, match="^two prior datasets are labelled 'bridge'; give one of them"):

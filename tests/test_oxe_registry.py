@@ -200,7 +200,7 @@ def test_vocabulary_typos_list_the_valid_names():
 def docs_mapping() -> dict:
     """The worked example of docs/oxe.md: the yaml block that sets `mapping`."""
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
-    (config,) = [yaml.safe_load(b) for b in blocks if "mapping:" in b]
+    (config,) = [yaml.safe_load(b) for b in blocks if re.search(r"^mapping:", b, flags=re.M)]
     return config["mapping"]
 
 

@@ -380,6 +380,9 @@ def check_resumable(plan: Plan) -> None:
     """An output directory holds runs of one setting: resuming it with other settings fails loudly
     instead of mixing old runs into a new table."""
     settings = {k: v for k, v in plan.config.items() if k not in RUN_INDEPENDENT}
+    data = settings.get("data")
+    if isinstance(data, dict) and data.get("normalization") == "none":  # the identity: output directories
+        settings["data"] = {k: v for k, v in data.items() if k != "normalization"}  # from before the key match
     path = plan.out / "settings.json"
     text = json.dumps(settings, sort_keys=True, default=str)
     if path.is_file() and path.read_text() != text:

@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> None:
         t.batch_size,
         t.seed,
         use_state=reads_state(policy),
+        prior_weights=data.prior_weights,
     )
     logger = make_logger(cfg.logger, run_dir, config)
     path, result = cotrain(
@@ -58,6 +59,7 @@ def main(cfg: DictConfig) -> None:
         checkpoint_every=t.checkpoint_every,
         log_every=t.log_every,
         device=device,
+        normalization=data.normalization,
     )
     logger.close()
     print(

@@ -301,4 +301,5 @@ def _write_report(
         list(prior.episodes.task),
         list(prior.episodes.success),
         mask,
+        sources=(list(prior.episodes.dataset), data.robots) if data.robots else None,
     )

@@ -64,7 +64,13 @@ def test_rlds_dataset_rewritten_in_place_is_converted_again(tmp_path):
     def write_and_load(seed: int) -> tuple[np.ndarray, np.ndarray]:
         episodes = fx.make_episodes(n=3, steps=4, image=False, seed=seed)
         path = write_rlds(episodes, tmp_path / "data", "toy_rewrite")
-        source = RLDSSource(prior=str(path), target=str(path), n_target_val=1, cache_dir=str(tmp_path / "c"))
+        source = RLDSSource(
+            prior=str(path),
+            target=str(path),
+            n_target_val=1,
+            cache_dir=str(tmp_path / "c"),
+            normalization="none",
+        )
         return np.concatenate([e.actions for e in episodes]), np.asarray(
             source.load("t").prior.arrays["action"]
         )

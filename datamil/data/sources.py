@@ -7,14 +7,18 @@ keyed by everything that determines it, and reused when the same config asks aga
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from datamil.data.mixture import check_labels, common_layout, drop_state, prior_entries, write_mixture
+from datamil.data.normalization import ActingNormalization, check_mode, group_stats, normalize_store
 from datamil.data.oxe_registry import plain
 from datamil.data.schema import Episode
 from datamil.data.splits import split_target
@@ -24,6 +28,7 @@ from datamil.registry import Registry
 
 DATA_SOURCES: Registry[type] = Registry("data source")
 CACHE_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -32,15 +37,26 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class TaskData:
-    """The three stores of a run. target_val is held out: estimators never train on it."""
+    """The stores of a run. target_val is held out: estimators never train on it.
+
+    normalization: the target's statistics when the pipeline normalized the data (None: raw units), saved
+        with a trained policy so it acts in the target's raw units.
+    prior_weights / robots: a mixture prior's per-dataset sampling weight and robot, keyed by the
+        episodes' `dataset` label (empty for a single prior).
+    """
 
     task: str
     prior: TrajectoryStore
     target_train: TrajectoryStore
     target_val: TrajectoryStore
+    prior_weights: dict[str, float] = field(default_factory=dict)
+    robots: dict[str, str] = field(default_factory=dict)
+    normalization: ActingNormalization | None = None
 
     def summary(self) -> dict:
-        return {
+        """What identifies the data in a score file's fingerprint (the normalization only when there is
+        one, so fingerprints of unnormalized runs stay as they were)."""
+        out = {
             "task": self.task,
             **{
                 f"{name}_{unit}": getattr(getattr(self, name), attr)
@@ -48,6 +64,26 @@ class TaskData:
                 for unit, attr in (("episodes", "n_episodes"), ("steps", "n_steps"))
             },
         }
+        return out if self.normalization is None else {**out, "normalization": self.normalization.mode}
+
+
+def normalize_task_data(data: TaskData, mode: str, prior_groups: Sequence[str] | None = None) -> TaskData:
+    """`data` with actions and states normalized (datamil.data.normalization): the prior by each of its
+    datasets' own statistics (`prior_groups`: one label per episode; None = one dataset), target-train and
+    target-val by target-train's (target-val stays unseen). `mode="none"` returns `data` untouched."""
+    if check_mode(mode) == "none":
+        return data
+    prior_stats = group_stats(data.prior, prior_groups)
+    target_stats = group_stats(data.target_train)
+    normalize = functools.partial(normalize_store, mode=mode, stats=target_stats)
+    acting = ActingNormalization(mode, target_stats[""]["action"], target_stats[""].get("obs/state"))
+    return replace(
+        data,
+        prior=normalize_store(data.prior, mode, prior_stats, prior_groups),
+        target_train=normalize(data.target_train),
+        target_val=normalize(data.target_val),
+        normalization=acting,
+    )
 
 
 def cache_key(config: dict) -> str:
@@ -118,6 +154,7 @@ class MetaWorldSource:
     render_fast: bool = True  # shadows, reflections and skybox off (~9x faster software rendering)
     render_samples: int = 0  # multisample anti-aliasing (MuJoCo's default 4 costs ~3x on software GL)
     image_encoding: str = "png"  # how frames are stored in RLDS: png (lossless) or jpeg
+    normalization: str = "none"  # actions already live in [-1, 1]; q01_q99 | mean_std normalize per dataset
 
     def camera_config(self):  # -> datamil.sim_tasks.render.CameraConfig | None
         """The rendering settings, or None when the data is state-only (no cameras)."""
@@ -134,11 +171,12 @@ class MetaWorldSource:
         from datamil.sim_tasks.suites import split_task
 
         split_task(task)  # an unknown task fails here, listing the valid names
+        check_mode(self.normalization)
         root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
         prior = self._prior(task, root)
         target = self._target(task, root)
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        return normalize_task_data(TaskData(task, prior, target_train, target_val), self.normalization)
 
     def prior_task_list(self, task: str) -> list[str]:
         """The prior's tasks: `prior_tasks` (default: every task of the target's suite), target in or out."""
@@ -225,9 +263,14 @@ class RLDSSource:
     `prior_image_keys` / `target_image_keys` ({raw camera: our image key}) read other ones.
     """
 
-    prior: str = ""
+    prior: Any = ""  # a dataset (path or name), or a list of entries (datamil.data.mixture.PriorEntry)
     target: str = ""
-    standardization: str | None = None  # OXE registry name; None = infer from the dataset name
+    standardization: str | None = (
+        None  # the single prior's OXE row; None = its own (a list sets it per entry)
+    )
+    target_standardization: str | None = None  # the target's OXE row; None = its own (see _target_reading)
+    target_mapping: dict | None = None  # read the target by config (docs/oxe.md); None = its own entry
+    normalization: str = "q01_q99"  # per-dataset action/state normalization: q01_q99 | mean_std | none
     n_target_val: int = 2
     seed: int = 0
     data_dir: str | None = None
@@ -236,7 +279,7 @@ class RLDSSource:
     prior_image_keys: dict[str, str] | None = None  # e.g. {image_1: image_primary}; None = the registry's
     target_image_keys: dict[str, str] | None = None  # the same for the target demos
     grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
-    mapping: dict | None = None  # read a dataset by config (docs/oxe.md); None = its registry entry
+    mapping: dict | None = None  # read the single prior by config (docs/oxe.md); None = its registry entry
 
     # what the apps say when a required setting is missing (datamil.cli.require_values)
     usage: ClassVar[str] = (
@@ -244,48 +287,116 @@ class RLDSSource:
     )
 
     def load(self, task: str) -> TaskData:
+        check_mode(self.normalization)
         if not self.prior or not self.target:
             raise DataError(self.usage)
         root = (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) / "rlds"
-        prior = self._ingest(self.prior, root, self.max_prior_episodes, self.prior_image_keys)
-        target = self._ingest(self.target, root, None, self.target_image_keys)
-        target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        target, _ = self._ingest(self.target, root, None, self.target_image_keys, *self._target_reading())
+        if isinstance(self.prior, str):
+            prior, _ = self._ingest(
+                self.prior,
+                root,
+                self.max_prior_episodes,
+                self.prior_image_keys,
+                self.standardization,
+                self.mapping,
+            )
+            data = TaskData(task, prior, *split_target(target, self.n_target_val, self.seed))
+            return normalize_task_data(data, self.normalization)
+        prior, entries, note = self._mixture(root, target)
+        if note:
+            logger.warning(note)
+            target = drop_state(target)
+        weights = {label: entry.weight for label, entry in entries.items()}
+        robots = {label: entry.robot for label, entry in entries.items()}
+        data = TaskData(task, prior, *split_target(target, self.n_target_val, self.seed), weights, robots)
+        return normalize_task_data(data, self.normalization, prior.episodes.dataset)
+
+    def _mixture(self, root: Path, target: TrajectoryStore) -> tuple[TrajectoryStore, dict, str | None]:
+        """One store of every `data.prior` entry in a common layout, cached (datamil.data.mixture)."""
+        from datamil.data.rlds import open_builder
+
+        single = {"standardization": self.standardization, "mapping": self.mapping}
+        single |= {"max_prior_episodes": self.max_prior_episodes, "prior_image_keys": self.prior_image_keys}
+        if any(single.values()):
+            set_here = sorted(k for k, v in single.items() if v)
+            raise DataError(f"with a list data.prior, set {set_here} per entry of data.prior (docs/oxe.md)")
+        entries = prior_entries(self.prior)
+        labels = [e.label or open_builder(self._resolved(e.source), self.data_dir).name for e in entries]
+        check_labels(labels)
+        stores, dirs = {}, {}
+        for label, e in zip(labels, entries, strict=True):
+            reading = (e.standardization, e.mapping)
+            stores[label], dirs[label] = self._ingest(e.source, root, e.max_episodes, e.image_keys, *reading)
+        layout = common_layout(stores, target)
+        key = cache_key({"mixture": dirs, "keep": sorted(layout.keep), "sizes": layout.sizes})
+        path = root / f"mixture-{key}"
+        prior = (
+            TrajectoryStore.load(path)
+            if (path / "meta.json").is_file()
+            else write_mixture(stores, layout, path)
+        )
+        return prior, dict(zip(labels, entries, strict=True)), layout.note
+
+    def _resolved(self, source: str) -> str:
+        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+
+    def _target_reading(self) -> tuple[str | None, dict | None]:
+        """(standardization, mapping) of the target: its own settings when given; else its own entry (our
+        write_rlds layout or its registry row, read as is); else, for a target the registry does not know,
+        the single prior's, as before they were separate."""
+        from datamil.data.oxe import STANDARDIZATIONS
+        from datamil.data.rlds import is_datamil_layout, open_builder
+
+        if self.target_standardization or self.target_mapping:
+            return self.target_standardization, self.target_mapping
+        builder = open_builder(self._resolved(self.target), self.data_dir)
+        if is_datamil_layout(builder.info.features) or builder.name in STANDARDIZATIONS:
+            return None, None
+        return (self.standardization, self.mapping) if isinstance(self.prior, str) else (None, None)
 
     def _ingest(
-        self, source: str, root: Path, max_episodes: int | None, image_keys: dict[str, str] | None
-    ) -> TrajectoryStore:
+        self,
+        source: str,
+        root: Path,
+        max_episodes: int | None,
+        image_keys: dict[str, str] | None,
+        standardization: str | None,
+        mapping: dict | None,
+    ) -> tuple[TrajectoryStore, Path]:
+        """The dataset's store (converted once, cached by everything that determines it) and its path."""
         from datamil.data.rlds import ingest_rlds
 
-        resolved = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-        config = {"source": resolved, "standardization": self.standardization, "max_episodes": max_episodes}
+        resolved = self._resolved(source)
+        config = {"source": resolved, "standardization": standardization, "max_episodes": max_episodes}
         image_keys = dict(image_keys) if image_keys else None
         # only when set, so the caches of registry-camera, RGB data keep their keys
         config.update({"image_keys": image_keys} if image_keys else {})
         config.update({"grayscale_to_rgb": True} if self.grayscale_to_rgb else {})
-        config.update({"mapping": plain(self.mapping)} if self.mapping else {})
+        config.update({"mapping": plain(mapping)} if mapping else {})
         files = files_fingerprint(self._local_dir(resolved))
         config.update({"files": files} if files else {})  # local data: a re-written dataset is re-converted
         store_dir = root / f"{Path(source).name}-{cache_key(config)}"
         if (store_dir / "meta.json").is_file():
-            return TrajectoryStore.load(store_dir)
-        return ingest_rlds(
+            return TrajectoryStore.load(store_dir), store_dir
+        store = ingest_rlds(
             resolved,
             store_dir,
-            standardization=self._standardization(resolved),
+            standardization=self._standardization(resolved, standardization, mapping),
             data_dir=self.data_dir,
             max_episodes=max_episodes,
             image_keys=image_keys,
             grayscale_to_rgb=self.grayscale_to_rgb,
         )
+        return store, store_dir
 
     def _local_dir(self, source: str) -> Path | None:
         """The dataset's directory on this machine (a path, or a name under a local data_dir), else None."""
         candidates = [Path(source)] + ([Path(self.data_dir) / source] if self.data_dir else [])
         return next((path for path in candidates if path.is_dir()), None)
 
-    def _standardization(self, source: str) -> Any:
-        """The entry to read `source` with: `standardization` and `mapping` applied to its registry row.
+    def _standardization(self, source: str, name: str | None, mapping: dict | None) -> Any:
+        """The entry to read `source` with: `name` and `mapping` applied to its registry row.
 
         Datasets in our own layout (write_rlds) describe themselves and ignore `mapping`; an unknown
         dataset without a mapping fails here, saying how to map it by config.
@@ -295,10 +406,8 @@ class RLDSSource:
 
         builder = open_builder(source, self.data_dir)
         if is_datamil_layout(builder.info.features):
-            return self.standardization
-        return configured_standardization(
-            builder.name, builder.info.features, self.standardization, self.mapping
-        )
+            return name
+        return configured_standardization(builder.name, builder.info.features, name, mapping)
 
 
 @DATA_SOURCES.register("robomimic")
@@ -316,6 +425,7 @@ class RobomimicSource:
     target_filter_key: str | None = None
     n_target_val: int = 2
     seed: int = 0
+    normalization: str = "none"  # robomimic's delta actions live in [-1, 1]; q01_q99 | mean_std normalize
 
     usage: ClassVar[str] = "data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>"
 
@@ -329,7 +439,7 @@ class RobomimicSource:
             for path, key in ((self.prior, self.prior_filter_key), (self.target, self.target_filter_key))
         )
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        return normalize_task_data(TaskData(task, prior, target_train, target_val), self.normalization)
 
 
 def source_config(source: object) -> dict:

@@ -1,8 +1,8 @@
 """The Policy interface: one per-sample loss that training weights, the surrogate averages, and
 every datamodel estimator differentiates. One definition, three uses.
 
-Batches are dicts of tensors keyed like the store: "obs/<key>" (B, ...), "action" (B, A) in raw
-(unnormalized) units, and "index" (B,) global step ids (used to draw per-sample noise deterministically).
+Batches are dicts of tensors keyed like the store: "obs/<key>" (B, ...), "action" (B, A) in the units
+of the store (normalized by the data pipeline when `data.normalization` is set, else raw), and "index" (B,) global step ids (used to draw per-sample noise deterministically).
 Parameters are passed explicitly (a dict name -> tensor) so that `torch.func` can differentiate and
 vmap through them; `params()` gives the module's current ones.
 """
@@ -26,6 +26,7 @@ from datamil.registry import Registry
 ACTION = "action"
 INDEX = "index"
 OBS_STATE_KEY = "obs/state"
+DATA_NORMALIZATION = "data_normalization"  # attribute: the ActingNormalization a policy was trained with
 
 Batch = dict[str, Tensor]
 Params = dict[str, Tensor]
@@ -111,12 +112,19 @@ class Policy(nn.Module, ABC):
     def act(self, params: Params | None, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Actions for a batch of raw observations {"state": (B, D), ...}: numpy (B, A) or (B, H, A).
 
-        The observations go to the device of `params` (or of the policy's own parameters)."""
+        The observations go to the device of `params` (or of the policy's own parameters). A policy trained
+        on normalized data (its `data_normalization`, set by co-training and by loading the checkpoint)
+        gets its state normalized and returns actions in the target's raw units."""
         device = module_device(self) if params is None else next(iter(params.values())).device
+        norm = getattr(self, DATA_NORMALIZATION, None)  # set when trained on normalized data (checkpoint)
+        obs = obs if norm is None else norm.observations(obs)
         tensors = {f"obs/{k}": torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()}
         if params is None:
-            return self.predict(tensors).cpu().numpy()
-        return functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False).cpu().numpy()
+            actions = self.predict(tensors).cpu().numpy()
+        else:
+            call = functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False)
+            actions = call.cpu().numpy()
+        return actions if norm is None else norm.actions(actions)
 
 
 def _recording_init(init: Any) -> Any:

@@ -131,7 +131,7 @@ class DiffusionPolicy(Policy):
             raise DatamilError(
                 "diffusion batches need 'action_chunk'; build them with datamil.training.gather_batch"
             )
-        x0 = batch[ACTION_CHUNK].float().clamp(-1, 1)
+        x0 = batch[ACTION_CHUNK].float()  # in [-1, 1] (MetaWorld, or data.normalization=q01_q99); not clamped
         b, index = x0.shape[0], batch[INDEX]
         eps = hash_normal(index, self.noise_seed, self.horizon * self.action_dim).view_as(x0)
         u = hash_uniform(index, self.noise_seed, 1, stream=1)[:, 0]

@@ -73,11 +73,18 @@ class ServedPolicy:
             raise DatamilError(f"observation lacks {missing}; the policy needs {self.obs_keys}")
         import torch
 
+        norm = getattr(self.policy, "data_normalization", None)  # trained on normalized data: raw units out
+        if norm is not None:
+            obs = {
+                k: v[0]
+                for k, v in norm.observations({k: np.asarray(obs[k])[None] for k in self.obs_keys}).items()
+            }
         with torch.no_grad():  # received arrays are read-only views of the message: torch wants its own
             batch = {
                 f"obs/{k}": torch.from_numpy(np.array(obs[k])).to(self.device)[None] for k in self.obs_keys
             }
             actions = self.policy.predict(batch).float().cpu().numpy()
+            actions = actions if norm is None else norm.actions(actions)
         return actions[0] if actions.ndim == 3 else actions.reshape(1, -1)
 
     def reset(self, seed: int) -> None:

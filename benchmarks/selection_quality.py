@@ -10,6 +10,10 @@ resumes where it stopped and one selection per (task, method, seed) serves its c
     python benchmarks/selection_quality.py --preset default 'tasks=[metaworld/pick-place-wall]' seeds=[0]
     python benchmarks/selection_quality.py --preset full --pilot       # picks the full preset's test tasks
     python benchmarks/selection_quality.py --preset full 'tasks=${dev_tasks}' output_dir=outputs/full_dev
+    python benchmarks/selection_quality.py --preset default output_dir=/shared/sq --gather  # after a fan-out
+
+One (task, method, seed) run per launcher job: benchmarks/selection_quality_job.py (docs/scale_out.md); the
+jobs share the output directory and `--gather` writes the tables from their finished runs, training nothing.
 
 Writes into the output directory: runs.csv (one row per run), composition.csv (per run: selected
 trajectories and successes per source task), results.md (tables: success, paired differences, the bar,
@@ -26,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import importlib.util
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +174,22 @@ def slug(task: str) -> str:
     return task.replace("/", "__")
 
 
+@contextmanager
+def task_lock(plan: Plan, task: str) -> Iterator[None]:
+    """Held while a task's data is loaded: jobs of one task that start together (a fan-out of its methods
+    and seeds) generate its data once; the others wait, then read the cache the first one wrote."""
+    path = plan.out / "locks" / f"data-{slug(task)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def load_task(plan: Plan, task: str) -> TaskData:
+    with task_lock(plan, task):
+        return plan.data.load(task)
+
+
 # ------------------------------------------------------------------------------------ selection
 def selection_config(plan: Plan, spec: MethodSpec, budget: float) -> SelectionConfig:
     """`options[<method>]` are SelectionConfig fields for datamodel methods (e.g. {iterative: {rounds: 2}})
@@ -297,14 +319,29 @@ def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selec
     return row | composition(selection, data)
 
 
-def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
-    """One (task, method, seed) run, or its row read back if this output directory finished it."""
-    done = plan.out / "runs" / slug(data.task) / method / f"seed{seed}" / "row.json"
+def row_path(out: Path, task: str, method: str, seed: int) -> Path:
+    """Where the run of (task, method, seed) writes its row when it finishes: the mark of a finished run."""
+    return Path(out) / "runs" / slug(task) / method / f"seed{seed}" / "row.json"
+
+
+def finished_row(plan: Plan, task: str, method: str, seed: int) -> dict | None:
+    """The row of (task, method, seed) if this output directory finished it (or an earlier session
+    committed it, which is then written as finished); None if it still has to run."""
+    done = row_path(plan.out, task, method, seed)
     if done.is_file():
         return json.loads(done.read_text())
-    if (data.task, method, seed) in plan.committed:  # finished in an earlier session and committed
-        atomic_write_text(done, json.dumps(plan.committed[(data.task, method, seed)]))
-        return plan.committed[(data.task, method, seed)]
+    if (task, method, seed) in plan.committed:  # finished in an earlier session and committed
+        atomic_write_text(done, json.dumps(plan.committed[(task, method, seed)]))
+        return plan.committed[(task, method, seed)]
+    return None
+
+
+def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
+    """One (task, method, seed) run, or its row read back if this output directory finished it."""
+    row = finished_row(plan, data.task, method, seed)
+    if row is not None:
+        return row
+    done = row_path(plan.out, data.task, method, seed)
     cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
     selection, select_s = select(plan, data, method, seed)
     row = train_and_evaluate(plan, data, method, seed, selection)
@@ -326,7 +363,7 @@ def run_all(
     total = len(plan.tasks) * len(plan.seeds) * len(plan.methods)
     with tqdm(total=total, desc=desc, unit="run") as bar:
         for task in plan.tasks:
-            data = plan.data.load(task)
+            data = load_task(plan, task)
             for seed in plan.seeds:
                 for method in plan.methods:
                     bar.set_postfix_str(f"{task.split('/')[-1]} {method} s{seed}")
@@ -392,14 +429,16 @@ def check_resumable(plan: Plan) -> None:
     atomic_write_text(path, text)
 
 
-def prepare(cfg: DictConfig) -> Plan:
-    """The plan of cfg, with its output directory checked and its config saved."""
+def prepare(cfg: DictConfig, save_config: bool = True) -> Plan:
+    """The plan of cfg, with its output directory checked and (unless a job of a fan-out, whose config
+    lists only its own run) its config saved."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     plan = make_plan(cfg)
     plan.out.mkdir(parents=True, exist_ok=True)
     check_resumable(plan)
-    atomic_write_text(plan.out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.config)))
+    if save_config:
+        atomic_write_text(plan.out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.config)))
     return plan
 
 
@@ -410,6 +449,14 @@ def finished_rows(out: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/*/seed*/row.json"))]
 
 
+def write_tables(plan: Plan) -> list[dict]:
+    """runs.csv, results.md and success.png over every finished run of the output directory."""
+    rows = finished_rows(plan.out)
+    methods = list(dict.fromkeys([*plan.methods, *(r["method"] for r in rows)]))
+    write_outputs(rows, plan.out, methods)
+    return rows
+
+
 def run_benchmark(cfg: DictConfig) -> list[dict]:
     """Run (or resume) every run of the config; write runs.csv, results.md and success.png over every
     finished run of the output directory."""
@@ -417,10 +464,35 @@ def run_benchmark(cfg: DictConfig) -> list[dict]:
     run_all(
         plan, lambda _: tables.write_csv(finished_rows(plan.out), plan.out / "runs.csv"), "benchmark runs"
     )
-    rows = finished_rows(plan.out)
-    methods = list(dict.fromkeys([*plan.methods, *(r["method"] for r in rows)]))
-    write_outputs(rows, plan.out, methods)
-    return rows
+    return write_tables(plan)
+
+
+def run_job(cfg: DictConfig, task: str, method: str, seed: int) -> dict:
+    """One (task, method, seed) run of the benchmark of cfg, as one launcher job of a fan-out: its row,
+    read back without loading any data if the output directory finished it already (a re-run sweep
+    redoes only the runs that did not finish). Writes no table: `--gather` does, once every job is done."""
+    cfg = cfg.copy()
+    for key, value in (("tasks", [task]), ("methods", [method]), ("seeds", [int(seed)])):
+        OmegaConf.update(cfg, key, value)
+    plan = prepare(cfg, save_config=False)
+    row = finished_row(plan, task, method, int(seed))
+    return row if row is not None else run_one(plan, load_task(plan, task), method, int(seed))
+
+
+def gather_benchmark(cfg: DictConfig) -> list[dict]:
+    """The tables of a fanned-out benchmark from its finished runs, training nothing. Refuses on one line,
+    before writing any table, when a run of the config has not finished (or the directory holds runs of
+    other settings: `prepare`)."""
+    plan = prepare(cfg)
+    runs = [(t, m, s) for t in plan.tasks for s in plan.seeds for m in plan.methods]
+    missing = [f"{t}:{m}:{s}" for t, m, s in runs if finished_row(plan, t, m, s) is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatamilError(
+            f"{len(missing)} of {len(runs)} runs have not finished in {plan.out} ({shown}); run their jobs "
+            "again (finished runs are skipped), or leave out --gather to run them in this process"
+        )
+    return write_tables(plan)
 
 
 def run_pilot(cfg: DictConfig) -> list[dict]:
@@ -478,11 +550,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         "--pilot", action="store_true", help="target_only, seed 0, on test_candidates: picks test_tasks"
     )
     parser.add_argument(
+        "--gather",
+        action="store_true",
+        help="write the tables from the finished runs of a fan-out (selection_quality_job.py); train nothing",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra-style overrides, e.g. seeds=[0] eval.n_episodes=20"
     )
     args = parser.parse_args(argv)
+    if args.pilot and args.gather:
+        raise DatamilError("--pilot runs in one process; it has no --gather")
     cfg = load_config(args.preset, args.overrides)
-    rows = (run_pilot if args.pilot else run_benchmark)(cfg)
+    rows = (run_pilot if args.pilot else gather_benchmark if args.gather else run_benchmark)(cfg)
     print((Path(cfg.output_dir) / ("pilot/pilot.md" if args.pilot else "results.md")).read_text())
     return rows
 

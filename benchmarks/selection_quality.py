@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import importlib.util
 import json
 import os
@@ -56,7 +55,7 @@ from datamil.data.sources import TaskData
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.evaluation import evaluate_checkpoint
-from datamil.io import atomic_write_text
+from datamil.io import atomic_write_text, file_lock
 from datamil.selecting import run_selection
 from datamil.selection import Selection, SelectionConfig, read_selection
 
@@ -178,10 +177,7 @@ def slug(task: str) -> str:
 def task_lock(plan: Plan, task: str) -> Iterator[None]:
     """Held while a task's data is loaded: jobs of one task that start together (a fan-out of its methods
     and seeds) generate its data once; the others wait, then read the cache the first one wrote."""
-    path = plan.out / "locks" / f"data-{slug(task)}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+    with file_lock(plan.out / "locks" / f"data-{slug(task)}.lock"):
         yield
 
 

@@ -24,6 +24,7 @@ from datamil.data.schema import Episode
 from datamil.data.splits import split_target
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
+from datamil.io import file_lock
 from datamil.registry import Registry
 
 DATA_SOURCES: Registry[type] = Registry("data source")
@@ -123,12 +124,15 @@ def cached_store(
     store_dir = directory / "store"
     if (store_dir / "meta.json").is_file():
         return TrajectoryStore.load(store_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-    rlds_dir = write_rlds(
-        make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
-    )
-    return ingest_rlds(rlds_dir, store_dir)
+    with file_lock(directory.parent / f".{directory.name}.lock"):  # parallel jobs build it once
+        if (store_dir / "meta.json").is_file():  # another job built it while this one waited
+            return TrajectoryStore.load(store_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+        rlds_dir = write_rlds(
+            make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
+        )
+        return ingest_rlds(rlds_dir, store_dir)
 
 
 @DATA_SOURCES.register("metaworld")

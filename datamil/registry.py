@@ -89,6 +89,18 @@ def remove_config_dir(path: str | Path) -> None:
         _EXTRA_DIRS.remove(resolved)
 
 
+def use_hydra_searchpath() -> None:
+    """Add the config directories of the running Hydra app's `hydra.searchpath` (file:// entries), so that
+    a plug-in registered there is known to the Python registries too (e.g. a checkpoint's policy name)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    for entry in HydraConfig.get().searchpath:
+        if str(entry).startswith("file://") and Path(str(entry)[len("file://") :]).is_dir():
+            add_config_dir(str(entry)[len("file://") :])
+
+
 def group_files(group: str) -> dict[str, Path]:
     """name -> file of every option of a config group; the same name in two directories fails."""
     found: dict[str, Path] = {}

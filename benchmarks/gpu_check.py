@@ -138,7 +138,7 @@ def synthetic_store(n: int, length: int, images: bool, seed: int = 0):
 
 def training_row(name: str, factory, store, steps: int, device: torch.device) -> dict:
     """steps/s of `datamil.training.train` (after a 10-step warm-up) and its peak GPU memory."""
-    from datamil.cotraining import build_policy
+    from datamil.policies.build import build_policy
     from datamil.training import OptimConfig, train
 
     policy = build_policy(factory, store)
@@ -175,9 +175,9 @@ def estimator_row(label: str, overrides: list[str], device: torch.device) -> dic
     """An estimator's wall time ÷ one proxy training run of its settings, and its peak GPU memory."""
     from hydra.utils import instantiate
 
-    from datamil.cotraining import build_policy
     from datamil.datamodels.base import prepare
     from datamil.datamodels.proxy import train_proxy
+    from datamil.policies.build import build_policy
 
     data, cfg = task_data(overrides)
     estimate = instantiate(cfg.estimator)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from datamil.cli import CONFIG_DIR
-from datamil.cotraining import build_mixture, build_policy
+from datamil.cotraining import build_mixture
 from datamil.data.sources import MetaWorldSource, TaskData
+from datamil.policies.build import build_policy
 from datamil.training import OptimConfig, train
 
 TARGETS = ("metaworld/drawer-close", "metaworld/button-press-topdown")

@@ -23,7 +23,15 @@ pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks), res
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
-seed). Every datamodel method of one (task, seed) reads the same estimator scores.
+seed). Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
+
+Several estimators in one run: the preset's `estimator` (named `estimator_name`) plus any config-group
+estimator added under `estimators`, e.g.
+
+    python benchmarks/selection_quality.py --preset quick +estimator@estimators.trak=trak \
+        'methods=[metagrad,trak,trak_threshold,random]'
+
+Each datamodel method spec names its estimator (`trak_threshold`); the same co-training follows.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from datamil.checkpoint import load_policy
 from datamil.cli import CONFIG_DIR, one_line_errors
 from datamil.cotraining import build_mixture, cotrain
 from datamil.data.sources import TaskData
+from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.evaluation import evaluate_checkpoint
@@ -76,6 +85,7 @@ MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
 RUN_INDEPENDENT += ("test_candidates", "pilot", "primary", "resume_from")  # keys that never change a run
+RUN_INDEPENDENT += ("estimators",)  # more estimators add runs; each score store checks its own settings
 
 
 @dataclass
@@ -90,7 +100,7 @@ class Plan:
     data: Any  # a data source (e.g. MetaWorldSource)
     policy: Any  # factory of the co-trained policy
     proxy: Any  # factory of the proxy policy the datamodels are estimated on
-    estimator: Any  # estimate function of the datamodel estimator
+    estimator: Any  # estimate function of the preset's datamodel estimator
     estimator_name: str
     cotrain: dict
     optim: Any
@@ -98,6 +108,10 @@ class Plan:
     out: Path
     config: dict
     committed: dict = field(default_factory=dict)  # (task, method, seed) -> a finished run's committed row
+    estimators: dict[str, tuple[Any, dict]] = field(default_factory=dict)  # name -> (estimate, config), all
+
+    def __post_init__(self) -> None:
+        self.estimators = self.estimators or {self.estimator_name: (self.estimator, self.config["estimator"])}
 
 
 def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
@@ -129,16 +143,35 @@ def load_config(preset: str, overrides: Sequence[str] = ()) -> DictConfig:
         return compose(config_name=f"benchmark/{preset}", overrides=list(overrides))
 
 
-def check_methods(methods: Sequence[str], estimator_name: str) -> None:
-    """Every spec parses, and every datamodel method uses the config's estimator: fail before any run."""
+def check_methods(methods: Sequence[str], estimator_names: str | Sequence[str]) -> None:
+    """Every spec parses, and every datamodel method uses a configured estimator: fail before any run.
+
+    estimator_names: the preset's estimator first, then those under `estimators`."""
+    if isinstance(estimator_names, str):
+        estimator_names = [estimator_names]
     for name in methods:
         spec = parse_method(name)
         for part in (spec, parse_method(spec.size_from)) if spec.size_from else (spec,):
-            if part.datamodel and (part.estimator or estimator_name) != estimator_name:
+            if part.datamodel and (part.estimator or estimator_names[0]) not in estimator_names:
                 raise DatamilError(
-                    f"method {name!r} needs estimator {part.estimator!r}, but the config's estimator is "
-                    f"{estimator_name!r}; set estimator= and estimator_name= to it"
+                    f"method {name!r} needs estimator {part.estimator!r}, but the config has "
+                    f"{', '.join(estimator_names)}; add it with '+estimators=[{part.estimator}]'"
                 )
+
+
+def configured_estimators(cfg: DictConfig, plain: dict) -> dict[str, tuple[Any, dict]]:
+    """name -> (estimate function, its resolved config): the preset's estimator, then each name under
+    `estimators`, built from datamil/configs/estimator/<name>.yaml with the preset estimator's proxy run, so that
+    every estimator scores the same proxy and their selections compare."""
+    found = {str(cfg.estimator_name): (instantiate(cfg.estimator), plain["estimator"])}
+    for name in cfg.get("estimators") or []:
+        if name in found:
+            continue
+        node = ESTIMATORS.config(str(name))
+        if "proxy" in cfg.estimator:
+            node = OmegaConf.merge(node, {"proxy": cfg.estimator.proxy})
+        found[str(name)] = (instantiate(node), OmegaConf.to_container(node, resolve=True))
+    return found
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -148,7 +181,8 @@ def make_plan(cfg: DictConfig) -> Plan:
         raise DatamilError(
             "no target tasks; for the full preset run --pilot and fill in test_tasks, or pass 'tasks=${dev_tasks}'"
         )
-    check_methods(plain["methods"], estimator_name)
+    estimators = configured_estimators(cfg, plain)
+    check_methods(plain["methods"], list(estimators))
     return Plan(
         tasks=list(plain["tasks"]),
         methods=list(plain["methods"]),
@@ -158,8 +192,9 @@ def make_plan(cfg: DictConfig) -> Plan:
         data=instantiate(cfg.data),
         policy=instantiate(cfg.policy),
         proxy=instantiate(cfg.proxy),
-        estimator=instantiate(cfg.estimator),
+        estimator=estimators[estimator_name][0],
         estimator_name=estimator_name,
+        estimators=estimators,
         cotrain={k: plain["cotrain"][k] for k in ("steps", "batch_size", "target_ratio", "prior_ratio")},
         optim=instantiate(cfg.cotrain.optim),
         eval=dict(plain["eval"]),
@@ -231,13 +266,13 @@ def select(plan: Plan, data: TaskData, method: str, seed: int) -> tuple[Selectio
     spec = parse_method(method)
     budget = run_budget(plan, data, spec, seed)
     start = time.perf_counter()
+    name = spec.estimator or plan.estimator_name  # baselines record the preset's estimator, as before
+    estimate, estimator_config = plan.estimators[name]
     if spec.datamodel:
-        share_scores(plan, data.task, plan.estimator_name, run_dir)
-    config = {"estimator": plan.config["estimator"], "policy": plan.config["proxy"], "method": method}
+        share_scores(plan, data.task, name, run_dir)
+    config = {"estimator": estimator_config, "policy": plan.config["proxy"], "method": method}
     cfg = selection_config(plan, spec, budget)
-    selection = run_selection(
-        data, plan.proxy, plan.estimator, plan.estimator_name, cfg, [seed], run_dir, config
-    )
+    selection = run_selection(data, plan.proxy, estimate, name, cfg, [seed], run_dir, config)
     return selection, time.perf_counter() - start
 
 

@@ -56,13 +56,10 @@ def _decode(value: Any) -> Any:
 
 
 def policy_name(policy: torch.nn.Module) -> str:
-    """The registry name a policy class was registered under."""
+    """The policy option (datamil/configs/policy/<name>.yaml) whose `_target_` is the policy's class."""
     from datamil.policies import POLICIES
 
-    for name in POLICIES.names():
-        if type(policy) is POLICIES.get(name):
-            return name
-    raise DatamilError(f"{type(policy).__name__} is not a registered policy; register it in datamil.policies")
+    return POLICIES.name_of(type(policy))
 
 
 def save_policy(

@@ -87,7 +87,12 @@ def require_task(cfg: DictConfig, example: str) -> str:
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> dict:
-    """Write the fully resolved config as run_dir/config.yaml and return it as a plain dict."""
+    """Write the fully resolved config as run_dir/config.yaml and return it as a plain dict.
+
+    Also makes the app's `hydra.searchpath` config directories known to the plug-in registries."""
+    from datamil.registry import use_hydra_searchpath
+
+    use_hydra_searchpath()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return resolved  # type: ignore[return-value]

@@ -6,7 +6,7 @@ this one function with the same policy, steps and mixing ratio.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,51 +20,11 @@ from datamil.data.schema import is_image_key
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
 from datamil.logger import Logger
-from datamil.policies.base import DATA_NORMALIZATION, OBS_STATE_KEY, Policy
+from datamil.policies.base import DATA_NORMALIZATION, OBS_STATE_KEY
+from datamil.policies.build import PolicyFactory, build_policy
 from datamil.policies.vision import conform_store
 from datamil.report import pyplot, save_figure
 from datamil.training import OptimConfig, TrainResult, train
-
-PolicyFactory = Callable[..., Policy]
-
-
-def build_policy(factory: PolicyFactory, store: TrajectoryStore) -> Policy:
-    """Instantiate a policy sized and normalized for `store` (dims and statistics come from the data).
-
-    Policies with `reads_images = True` also get each camera's per-step shape, and work without a state.
-    """
-    if getattr(getattr(factory, "func", factory), "reads_images", False):
-        return _build_image_policy(factory, store)
-    if OBS_STATE_KEY not in store.arrays:
-        raise DatamilError(f"the data has no {OBS_STATE_KEY!r}; state-based policies need a state vector")
-    return factory(
-        obs_dim=int(store.arrays[OBS_STATE_KEY].shape[1]),
-        action_dim=store.action_dim,
-        state_stats=store.pooled_stats(OBS_STATE_KEY),
-    )
-
-
-def _build_image_policy(factory: PolicyFactory, store: TrajectoryStore) -> Policy:
-    """An image policy: (H, W, C) of every image array; state dim and statistics when there is a state."""
-    shapes = {
-        name[len("obs/") :]: tuple(value.shape[1:])
-        for name, value in store.arrays.items()
-        if name.startswith("obs/") and is_image_key(name[len("obs/") :])
-    }
-    has_state = OBS_STATE_KEY in store.arrays
-    return factory(
-        obs_dim=int(store.arrays[OBS_STATE_KEY].shape[1]) if has_state else 0,
-        action_dim=store.action_dim,
-        state_stats=store.pooled_stats(OBS_STATE_KEY) if has_state else None,
-        image_shapes=shapes,
-    )
-
-
-def reads_state(factory: PolicyFactory) -> bool:
-    """Whether the policy reads the state vector: state policies do, image policies unless use_state=False."""
-    if not getattr(getattr(factory, "func", factory), "reads_images", False):
-        return True
-    return bool(getattr(factory, "keywords", {}).get("use_state", True))
 
 
 def state_mismatch(prior: TrajectoryStore, other: TrajectoryStore, name: str) -> str | None:

@@ -56,7 +56,7 @@ def evaluate_checkpoint(
         warnings.warn(f"checkpoint was trained for {loaded.task!r}, evaluating it on {task!r}", stacklevel=2)
     policy = loaded.policy.to(resolve_device(device))
     if execute_steps is None:
-        execute_steps = int(getattr(policy, "n_action_steps", 1))
+        execute_steps = int(policy.n_action_steps)
     act = functools.partial(policy.act, None)
     return evaluate_policy(
         act,

@@ -16,10 +16,11 @@ from hydra.errors import InstantiationException
 from omegaconf import MissingMandatoryValue, OmegaConf
 
 from datamil.cli import require_values, user_message
-from datamil.cotraining import build_mixture, reads_state
+from datamil.cotraining import build_mixture
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
+from datamil.policies.build import reads_state
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import VisionPolicy
 from datamil.selecting import run_selection

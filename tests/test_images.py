@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamil.cotraining import build_policy
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.features import (
@@ -27,6 +26,7 @@ from datamil.datamodels.features import (
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.errors import DataError, DatamilError, UnknownNameError
 from datamil.gl import configure_gl
+from datamil.policies.build import build_policy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy, random_shift
 from datamil.training import gather_batch, init_params
 

@@ -7,7 +7,7 @@ import pytest
 import rlds_fixtures as fx
 
 from datamil.checkpoint import load_policy, save_policy
-from datamil.cotraining import build_mixture, build_policy
+from datamil.cotraining import build_mixture
 from datamil.data.normalization import (
     ActingNormalization,
     NormStats,
@@ -17,6 +17,7 @@ from datamil.data.normalization import (
 from datamil.data.sources import TaskData, normalize_task_data
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
+from datamil.policies.build import build_policy
 from datamil.policies.mlp import MLPPolicy
 
 

@@ -25,9 +25,9 @@ from datamil.data.splits import split_target
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
 from datamil.io import file_lock
-from datamil.registry import Registry
+from datamil.registry import ConfigRegistry, configured
 
-DATA_SOURCES: Registry[type] = Registry("data source")
+DATA_SOURCES = ConfigRegistry("data source", "data")  # datamil/configs/data/<name>.yaml (_target_: the class)
 CACHE_VERSION = 1
 logger = logging.getLogger(__name__)
 
@@ -135,14 +135,16 @@ def cached_store(
         return ingest_rlds(rlds_dir, store_dir)
 
 
-@DATA_SOURCES.register("metaworld")
 @dataclass
 class MetaWorldSource:
     """Self-generated MetaWorld data: a prior of scripted experts (with noise, so successes and failures)
     across many tasks, with some target-task data inside it, plus clean target demos split by seed."""
 
-    prior_tasks: list[str] = field(default_factory=list)  # e.g. [metaworld/reach, push]; empty = whole suite
-    episodes_per_task: int = 10
+    # e.g. [metaworld/reach, push]; empty = whole suite. Default: datamil/configs/data/metaworld.yaml, as below
+    prior_tasks: list[str] = field(
+        default_factory=lambda: list(configured("data", "metaworld")["prior_tasks"])
+    )
+    episodes_per_task: int = configured("data", "metaworld")["episodes_per_task"]
     target_in_prior: bool = True  # the reference prior holds some target-task data too
     noise_levels: tuple[float, ...] = (0.1, 0.5, 1.0)
     max_steps: int = 200  # prior episode length cap
@@ -255,7 +257,6 @@ class MetaWorldSource:
         )
 
 
-@DATA_SOURCES.register("rlds")
 @dataclass
 class RLDSSource:
     """Your own data: a prior and target demos as RLDS/TFDS datasets (e.g. an Open X-Embodiment dataset).
@@ -414,7 +415,6 @@ class RLDSSource:
         return configured_standardization(builder.name, builder.info.features, name, mapping)
 
 
-@DATA_SOURCES.register("robomimic")
 @dataclass
 class RobomimicSource:
     """robomimic hdf5 files as prior and target; `state_keys` are concatenated into the state vector."""

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from datamil.data.normalization import NormStats
 from datamil.data.sampling import ACTION_CHUNK, ACTION_CHUNK_MASK, action_chunks
 from datamil.errors import DatamilError
-from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import ACTIVATIONS, mlp
 
 _MASK32 = 0xFFFFFFFF
@@ -77,7 +77,6 @@ def timestep_embedding(k: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
-@POLICIES.register("diffusion")
 class DiffusionPolicy(Policy):
     """eps_theta(x_k, k, s): an MLP on [noisy chunk (H*A), normalized state, timestep embedding]."""
 

@@ -18,14 +18,13 @@ import torch
 from torch import Tensor
 
 from datamil.data.normalization import NormStats
-from datamil.policies.base import ACTION, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import mlp
 
 ACTION_CLIP = 1.0 - 1e-4  # atanh(1 - 1e-4) ~ 4.95: finite, and the Jacobian term stays bounded
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@POLICIES.register("bc_gaussian")
 class GaussianPolicy(Policy):
     """obs -> (mu, log sigma) by an MLP; act = tanh(mu), the mode of the squashed distribution's core.
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from datamil.data.normalization import NormStats
-from datamil.policies.base import ACTION, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -26,7 +26,6 @@ def mlp(sizes: Sequence[int], activation: str = "gelu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@POLICIES.register("bc_mlp")
 class MLPPolicy(Policy):
     """Deterministic BC: action = tanh(MLP(normalized state)); per-sample loss = MSE to the demo action.
 

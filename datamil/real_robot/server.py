@@ -89,8 +89,7 @@ class ServedPolicy:
 
     def reset(self, seed: int) -> None:
         """Reseed the diffusion sampler, so an episode's rollout is reproducible."""
-        if hasattr(self.policy, "reset_sampler"):
-            self.policy.reset_sampler(int(seed))
+        self.policy.reset_sampler(int(seed))  # a no-op for deterministic policies (Policy's chunks capability)
 
     def handle(self, message: dict) -> dict:
         """The reply to one request; bad requests get an "error" reply, never a dead server."""
@@ -125,19 +124,21 @@ def load_served(path: str | Path, device: str = "cpu") -> ServedPolicy:
         task=loaded.task,
         checkpoint_id=checkpoint_id(path, loaded.step),
         action_dim=int(policy.init_kwargs["action_dim"]),
-        horizon=int(getattr(policy, "horizon", None) or 1),  # image policies say None for single-step heads
-        n_action_steps=int(getattr(policy, "n_action_steps", 1)),
+        horizon=int(policy.horizon or 1),  # None: one action per prediction
+        n_action_steps=int(policy.n_action_steps),
         obs_keys=obs_keys,
         device=str(resolved),
         image_sizes=_image_sizes(policy),
-        cameras={k: str(v) for k, v in (getattr(policy, "cameras", None) or {}).items()},
-        render=dict(getattr(policy, "render", None) or {}),
+        cameras={k: str(v) for k, v in policy.cameras.items()},
+        render=dict(policy.render),
     )
 
 
 def _image_sizes(policy: Any) -> dict[str, list[int]]:
     """[H, W] each camera is resized to inside an image policy (datamil.policies.vision); {} otherwise."""
-    encoder, keys = getattr(policy, "encoder", None), getattr(policy, "image_keys", ())
+    if not policy.image_keys:
+        return {}
+    encoder, keys = policy.encoder, policy.image_keys
     return {k: [int(n) for n in (encoder.image_size or encoder.shapes[k][:2])] for k in keys}
 
 

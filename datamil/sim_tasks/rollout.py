@@ -9,7 +9,6 @@ picklable, and the policy runs once per step on the whole batch.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from tqdm.auto import tqdm
 
 from datamil.data.schema import OBS_STATE
@@ -29,19 +29,15 @@ from datamil.sim_tasks.render import CameraConfig
 from datamil.sim_tasks.suites import STREAM_EVAL, make_env, make_expert
 
 ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {"state": (B, D)} -> (B, A) or (B, H, A)
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials: honest at small n and at 0% / 100%,
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (scipy's): honest at small n and at 0% / 100%,
     where the normal (Wald) interval collapses to a point. (Wilson 1927; Brown, Cai, DasGupta 2001.)"""
     if n <= 0:
         return 0.0, 1.0
-    p, z2 = k / n, z * z
-    denom = 1.0 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
     python benchmarks/control_loop.py [--steps 150] [--rate 15] [--only image]
 
-For each setting a `python -m real_robot.serve` process serves a freshly initialized policy of the
-default size (configs/policy/*.yaml), and the real control loop (safety layer included, recording off)
+For each setting a `python -m datamil.real_robot.serve` process serves a freshly initialized policy of the
+default size (datamil/configs/policy/*.yaml), and the real control loop (safety layer included, recording off)
 drives SimArm at `--rate` Hz, then unthrottled. Reported: the sustained loop rate, per-step latency
 (observation read -> action applied) p50/p99, the unthrottled rate, and the bars of issues 7 and 8:
 15 Hz with p99 <= one control period for BC and image BC, 15 Hz for diffusion executing chunks.
@@ -11,7 +11,7 @@ drives SimArm at `--rate` Hz, then unthrottled. Reported: the sustained loop rat
 Image BC (bc_image, 84 x 84, the default encoder) reads SimArm's `corner` camera: each observation
 renders a frame in SimArm's env worker (Mesa software EGL, fast flags), so the latency includes the
 "camera read", and the 21 KB frame travels to the server and through the conv net on one torch thread.
-The last row (no bar) renders without multisampling, which is faster but not what sim_tasks renders.
+The last row (no bar) renders without multisampling, which is faster but not what datamil.sim_tasks renders.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import numpy as np
 
 from datamil.checkpoint import save_policy
 from datamil.policies import POLICIES
-from real_robot.chunking import PolicySource
-from real_robot.client import PolicyClient
-from real_robot.control import LoopConfig, run_episode
-from real_robot.localhost import ServerProcess
-from real_robot.safety import SafetyLayer, SafetyLimits
-from real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
+from datamil.real_robot.chunking import PolicySource
+from datamil.real_robot.client import PolicyClient
+from datamil.real_robot.control import LoopConfig, run_episode
+from datamil.real_robot.localhost import ServerProcess
+from datamil.real_robot.safety import SafetyLayer, SafetyLimits
+from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
 
 TASK = "metaworld/reach"
 LIMITS = SafetyLimits(

@@ -31,7 +31,7 @@ from datamil.policies.mlp import MLPPolicy
 
 
 def task_stores(task: str, data: str) -> tuple[TrajectoryStore, TrajectoryStore]:
-    """(prior, target-val) of `task` from configs/data/<data>.yaml (generated and cached on first use)."""
+    """(prior, target-val) of `task` from datamil/configs/data/<data>.yaml (generated and cached on first use)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -65,7 +65,7 @@ def cost_split(policy, prior, target_val, proxy: ProxyConfig, repeats: int, reve
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--task", help="a MetaWorld target: use configs/data/<--data> (default: synthetic data)"
+        "--task", help="a MetaWorld target: use datamil/configs/data/<--data> (default: synthetic data)"
     )
     parser.add_argument("--data", default="metaworld", help="data config for --task (metaworld_full = 8,250)")
     parser.add_argument("--steps", type=int, default=400)

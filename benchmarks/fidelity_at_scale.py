@@ -50,7 +50,7 @@ SUBSET_SEED = 10_001
 
 
 def load_task(task: str, data: str):
-    """TaskData of `task` from configs/data/<data>.yaml (generated and cached on first use)."""
+    """TaskData of `task` from datamil/configs/data/<data>.yaml (generated and cached on first use)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -62,7 +62,7 @@ def load_task(task: str, data: str):
 
 
 def proxy_policy(prior) -> MLPPolicy:
-    """The shipped proxy policy (configs/policy/bc_mlp.yaml defaults: GELU 256 x 256)."""
+    """The shipped proxy policy (datamil/configs/policy/bc_mlp.yaml defaults: GELU 256 x 256)."""
     return MLPPolicy(
         prior.arrays["obs/state"].shape[1], prior.action_dim, state_stats=prior.pooled_stats("obs/state")
     )

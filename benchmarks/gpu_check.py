@@ -14,7 +14,7 @@ Rows of the table it prints:
   84 x 84 camera for image BC, a few hundred steps) and peak GPU memory (`torch.cuda.max_memory_allocated`).
 - `metagrad` / `influence`: wall time ÷ one proxy training run of the same settings, and peak GPU memory,
   on the tiny data; with `--full` also on the full-size prior (`data=metaworld_full`, generated on first use).
-- `policy server, diffusion`: a `python -m real_robot.serve` child (`device=auto`, so the GPU) and a
+- `policy server, diffusion`: a `python -m datamil.real_robot.serve` child (`device=auto`, so the GPU) and a
   `PolicyClient` on 127.0.0.1; infer round trips per second and the p50 latency.
 """
 
@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamil.cli import CONFIG_DIR
+
 NO_GPU = 2  # exit code without a CUDA GPU
 TASK = "metaworld/reach"
 TINY_DATA = [
@@ -45,7 +47,7 @@ TINY_DATA = [
     "data.target_max_steps=150",
 ]
 TINY_SELECT = [*TINY_DATA, "estimator.proxy.optim.total_steps=40", "estimator.proxy.batch_size=64"]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(CONFIG_DIR)
 
 
 def require_cuda() -> None:
@@ -136,7 +138,7 @@ def synthetic_store(n: int, length: int, images: bool, seed: int = 0):
 
 def training_row(name: str, factory, store, steps: int, device: torch.device) -> dict:
     """steps/s of `datamil.training.train` (after a 10-step warm-up) and its peak GPU memory."""
-    from datamil.cotraining import build_policy
+    from datamil.policies.build import build_policy
     from datamil.training import OptimConfig, train
 
     policy = build_policy(factory, store)
@@ -173,9 +175,9 @@ def estimator_row(label: str, overrides: list[str], device: torch.device) -> dic
     """An estimator's wall time ÷ one proxy training run of its settings, and its peak GPU memory."""
     from hydra.utils import instantiate
 
-    from datamil.cotraining import build_policy
     from datamil.datamodels.base import prepare
     from datamil.datamodels.proxy import train_proxy
+    from datamil.policies.build import build_policy
 
     data, cfg = task_data(overrides)
     estimate = instantiate(cfg.estimator)
@@ -212,8 +214,8 @@ def server_row(work: Path, calls: int = 200) -> dict:
     """A diffusion policy served on the GPU: infer round trips over loopback."""
     from datamil.checkpoint import save_policy
     from datamil.policies import POLICIES
-    from real_robot.client import PolicyClient
-    from real_robot.localhost import ServerProcess
+    from datamil.real_robot.client import PolicyClient
+    from datamil.real_robot.localhost import ServerProcess
 
     path = save_policy(work / "diffusion.pt", POLICIES.get("diffusion")(39, 4), task=TASK)
     obs = {"state": np.zeros(39, np.float32)}

@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamil.cotraining import build_mixture, build_policy
+from datamil.cli import CONFIG_DIR
+from datamil.cotraining import build_mixture
 from datamil.data.sources import MetaWorldSource, TaskData
+from datamil.policies.build import build_policy
 from datamil.training import OptimConfig, train
 
 TARGETS = ("metaworld/drawer-close", "metaworld/button-press-topdown")
-CONFIG = Path(__file__).resolve().parents[1] / "configs"
+CONFIG = Path(CONFIG_DIR)
 
 
 def load_data(task: str) -> TaskData:
@@ -78,7 +80,7 @@ def cotrain_and_evaluate(
 ) -> dict:
     """Image BC on target-train + the prior (all of it, or one estimator mode's selection; 1:1 batches),
     then seeded rollouts rendered alike."""
-    from sim_tasks.rollout import evaluate_policy
+    from datamil.sim_tasks.rollout import evaluate_policy
 
     data = load_data(task)
     chosen, select_s = list(data.prior.episodes.episode_id), 0.0
@@ -139,7 +141,7 @@ def success(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------- table
 def _render_rates(frames: int) -> tuple[float, float, float]:
     """Frames/s of MuJoCo's default scene (4x multisampling), fast flags alone, fast + no multisampling."""
-    from sim_tasks.render import measure_render_fps
+    from datamil.sim_tasks.render import measure_render_fps
 
     task = TARGETS[0]
     return (

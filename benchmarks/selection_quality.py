@@ -10,6 +10,10 @@ resumes where it stopped and one selection per (task, method, seed) serves its c
     python benchmarks/selection_quality.py --preset default 'tasks=[metaworld/pick-place-wall]' seeds=[0]
     python benchmarks/selection_quality.py --preset full --pilot       # picks the full preset's test tasks
     python benchmarks/selection_quality.py --preset full 'tasks=${dev_tasks}' output_dir=outputs/full_dev
+    python benchmarks/selection_quality.py --preset default output_dir=/shared/sq --gather  # after a fan-out
+
+One (task, method, seed) run per launcher job: benchmarks/selection_quality_job.py (docs/scale_out.md); the
+jobs share the output directory and `--gather` writes the tables from their finished runs, training nothing.
 
 Writes into the output directory: runs.csv (one row per run), composition.csv (per run: selected
 trajectories and successes per source task), results.md (tables: success, paired differences, the bar,
@@ -19,7 +23,15 @@ pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks), res
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
-seed). Every datamodel method of one (task, seed) reads the same estimator scores.
+seed). Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
+
+Several estimators in one run: the preset's `estimator` (named `estimator_name`) plus any config-group
+estimator added under `estimators`, e.g.
+
+    python benchmarks/selection_quality.py --preset quick +estimator@estimators.trak=trak \
+        'methods=[metagrad,trak,trak_threshold,random]'
+
+Each datamodel method spec names its estimator (`trak_threshold`); the same co-training follows.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +60,11 @@ from datamil.checkpoint import load_policy
 from datamil.cli import CONFIG_DIR, one_line_errors
 from datamil.cotraining import build_mixture, cotrain
 from datamil.data.sources import TaskData
+from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.evaluation import evaluate_checkpoint
-from datamil.io import atomic_write_text
+from datamil.io import atomic_write_text, file_lock
 from datamil.selecting import run_selection
 from datamil.selection import Selection, SelectionConfig, read_selection
 
@@ -71,6 +85,7 @@ MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
 RUN_INDEPENDENT += ("test_candidates", "pilot", "primary", "resume_from")  # keys that never change a run
+RUN_INDEPENDENT += ("estimators",)  # more estimators add runs; each score store checks its own settings
 
 
 @dataclass
@@ -85,7 +100,7 @@ class Plan:
     data: Any  # a data source (e.g. MetaWorldSource)
     policy: Any  # factory of the co-trained policy
     proxy: Any  # factory of the proxy policy the datamodels are estimated on
-    estimator: Any  # estimate function of the datamodel estimator
+    estimator: Any  # estimate function of the preset's datamodel estimator
     estimator_name: str
     cotrain: dict
     optim: Any
@@ -93,6 +108,10 @@ class Plan:
     out: Path
     config: dict
     committed: dict = field(default_factory=dict)  # (task, method, seed) -> a finished run's committed row
+    estimators: dict[str, tuple[Any, dict]] = field(default_factory=dict)  # name -> (estimate, config), all
+
+    def __post_init__(self) -> None:
+        self.estimators = self.estimators or {self.estimator_name: (self.estimator, self.config["estimator"])}
 
 
 def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
@@ -119,21 +138,40 @@ def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
 
 
 def load_config(preset: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """configs/benchmark/<preset>.yaml with Hydra-style overrides (`seeds=[0]`, `data.episodes_per_task=4`)."""
+    """datamil/configs/benchmark/<preset>.yaml with Hydra-style overrides (`seeds=[0]`, `data.episodes_per_task=4`)."""
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return compose(config_name=f"benchmark/{preset}", overrides=list(overrides))
 
 
-def check_methods(methods: Sequence[str], estimator_name: str) -> None:
-    """Every spec parses, and every datamodel method uses the config's estimator: fail before any run."""
+def check_methods(methods: Sequence[str], estimator_names: str | Sequence[str]) -> None:
+    """Every spec parses, and every datamodel method uses a configured estimator: fail before any run.
+
+    estimator_names: the preset's estimator first, then those under `estimators`."""
+    if isinstance(estimator_names, str):
+        estimator_names = [estimator_names]
     for name in methods:
         spec = parse_method(name)
         for part in (spec, parse_method(spec.size_from)) if spec.size_from else (spec,):
-            if part.datamodel and (part.estimator or estimator_name) != estimator_name:
+            if part.datamodel and (part.estimator or estimator_names[0]) not in estimator_names:
                 raise DatamilError(
-                    f"method {name!r} needs estimator {part.estimator!r}, but the config's estimator is "
-                    f"{estimator_name!r}; set estimator= and estimator_name= to it"
+                    f"method {name!r} needs estimator {part.estimator!r}, but the config has "
+                    f"{', '.join(estimator_names)}; add it with '+estimators=[{part.estimator}]'"
                 )
+
+
+def configured_estimators(cfg: DictConfig, plain: dict) -> dict[str, tuple[Any, dict]]:
+    """name -> (estimate function, its resolved config): the preset's estimator, then each name under
+    `estimators`, built from datamil/configs/estimator/<name>.yaml with the preset estimator's proxy run, so that
+    every estimator scores the same proxy and their selections compare."""
+    found = {str(cfg.estimator_name): (instantiate(cfg.estimator), plain["estimator"])}
+    for name in cfg.get("estimators") or []:
+        if name in found:
+            continue
+        node = ESTIMATORS.config(str(name))
+        if "proxy" in cfg.estimator:
+            node = OmegaConf.merge(node, {"proxy": cfg.estimator.proxy})
+        found[str(name)] = (instantiate(node), OmegaConf.to_container(node, resolve=True))
+    return found
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -143,7 +181,8 @@ def make_plan(cfg: DictConfig) -> Plan:
         raise DatamilError(
             "no target tasks; for the full preset run --pilot and fill in test_tasks, or pass 'tasks=${dev_tasks}'"
         )
-    check_methods(plain["methods"], estimator_name)
+    estimators = configured_estimators(cfg, plain)
+    check_methods(plain["methods"], list(estimators))
     return Plan(
         tasks=list(plain["tasks"]),
         methods=list(plain["methods"]),
@@ -153,8 +192,9 @@ def make_plan(cfg: DictConfig) -> Plan:
         data=instantiate(cfg.data),
         policy=instantiate(cfg.policy),
         proxy=instantiate(cfg.proxy),
-        estimator=instantiate(cfg.estimator),
+        estimator=estimators[estimator_name][0],
         estimator_name=estimator_name,
+        estimators=estimators,
         cotrain={k: plain["cotrain"][k] for k in ("steps", "batch_size", "target_ratio", "prior_ratio")},
         optim=instantiate(cfg.cotrain.optim),
         eval=dict(plain["eval"]),
@@ -166,6 +206,19 @@ def make_plan(cfg: DictConfig) -> Plan:
 
 def slug(task: str) -> str:
     return task.replace("/", "__")
+
+
+@contextmanager
+def task_lock(plan: Plan, task: str) -> Iterator[None]:
+    """Held while a task's data is loaded: jobs of one task that start together (a fan-out of its methods
+    and seeds) generate its data once; the others wait, then read the cache the first one wrote."""
+    with file_lock(plan.out / "locks" / f"data-{slug(task)}.lock"):
+        yield
+
+
+def load_task(plan: Plan, task: str) -> TaskData:
+    with task_lock(plan, task):
+        return plan.data.load(task)
 
 
 # ------------------------------------------------------------------------------------ selection
@@ -213,13 +266,13 @@ def select(plan: Plan, data: TaskData, method: str, seed: int) -> tuple[Selectio
     spec = parse_method(method)
     budget = run_budget(plan, data, spec, seed)
     start = time.perf_counter()
+    name = spec.estimator or plan.estimator_name  # baselines record the preset's estimator, as before
+    estimate, estimator_config = plan.estimators[name]
     if spec.datamodel:
-        share_scores(plan, data.task, plan.estimator_name, run_dir)
-    config = {"estimator": plan.config["estimator"], "policy": plan.config["proxy"], "method": method}
+        share_scores(plan, data.task, name, run_dir)
+    config = {"estimator": estimator_config, "policy": plan.config["proxy"], "method": method}
     cfg = selection_config(plan, spec, budget)
-    selection = run_selection(
-        data, plan.proxy, plan.estimator, plan.estimator_name, cfg, [seed], run_dir, config
-    )
+    selection = run_selection(data, plan.proxy, estimate, name, cfg, [seed], run_dir, config)
     return selection, time.perf_counter() - start
 
 
@@ -297,14 +350,29 @@ def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selec
     return row | composition(selection, data)
 
 
-def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
-    """One (task, method, seed) run, or its row read back if this output directory finished it."""
-    done = plan.out / "runs" / slug(data.task) / method / f"seed{seed}" / "row.json"
+def row_path(out: Path, task: str, method: str, seed: int) -> Path:
+    """Where the run of (task, method, seed) writes its row when it finishes: the mark of a finished run."""
+    return Path(out) / "runs" / slug(task) / method / f"seed{seed}" / "row.json"
+
+
+def finished_row(plan: Plan, task: str, method: str, seed: int) -> dict | None:
+    """The row of (task, method, seed) if this output directory finished it (or an earlier session
+    committed it, which is then written as finished); None if it still has to run."""
+    done = row_path(plan.out, task, method, seed)
     if done.is_file():
         return json.loads(done.read_text())
-    if (data.task, method, seed) in plan.committed:  # finished in an earlier session and committed
-        atomic_write_text(done, json.dumps(plan.committed[(data.task, method, seed)]))
-        return plan.committed[(data.task, method, seed)]
+    if (task, method, seed) in plan.committed:  # finished in an earlier session and committed
+        atomic_write_text(done, json.dumps(plan.committed[(task, method, seed)]))
+        return plan.committed[(task, method, seed)]
+    return None
+
+
+def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
+    """One (task, method, seed) run, or its row read back if this output directory finished it."""
+    row = finished_row(plan, data.task, method, seed)
+    if row is not None:
+        return row
+    done = row_path(plan.out, data.task, method, seed)
     cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
     selection, select_s = select(plan, data, method, seed)
     row = train_and_evaluate(plan, data, method, seed, selection)
@@ -326,7 +394,7 @@ def run_all(
     total = len(plan.tasks) * len(plan.seeds) * len(plan.methods)
     with tqdm(total=total, desc=desc, unit="run") as bar:
         for task in plan.tasks:
-            data = plan.data.load(task)
+            data = load_task(plan, task)
             for seed in plan.seeds:
                 for method in plan.methods:
                     bar.set_postfix_str(f"{task.split('/')[-1]} {method} s{seed}")
@@ -380,6 +448,9 @@ def check_resumable(plan: Plan) -> None:
     """An output directory holds runs of one setting: resuming it with other settings fails loudly
     instead of mixing old runs into a new table."""
     settings = {k: v for k, v in plan.config.items() if k not in RUN_INDEPENDENT}
+    data = settings.get("data")
+    if isinstance(data, dict) and data.get("normalization") == "none":  # the identity: output directories
+        settings["data"] = {k: v for k, v in data.items() if k != "normalization"}  # from before the key match
     path = plan.out / "settings.json"
     text = json.dumps(settings, sort_keys=True, default=str)
     if path.is_file() and path.read_text() != text:
@@ -389,14 +460,16 @@ def check_resumable(plan: Plan) -> None:
     atomic_write_text(path, text)
 
 
-def prepare(cfg: DictConfig) -> Plan:
-    """The plan of cfg, with its output directory checked and its config saved."""
+def prepare(cfg: DictConfig, save_config: bool = True) -> Plan:
+    """The plan of cfg, with its output directory checked and (unless a job of a fan-out, whose config
+    lists only its own run) its config saved."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     plan = make_plan(cfg)
     plan.out.mkdir(parents=True, exist_ok=True)
     check_resumable(plan)
-    atomic_write_text(plan.out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.config)))
+    if save_config:
+        atomic_write_text(plan.out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(plan.config)))
     return plan
 
 
@@ -407,6 +480,14 @@ def finished_rows(out: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/*/seed*/row.json"))]
 
 
+def write_tables(plan: Plan) -> list[dict]:
+    """runs.csv, results.md and success.png over every finished run of the output directory."""
+    rows = finished_rows(plan.out)
+    methods = list(dict.fromkeys([*plan.methods, *(r["method"] for r in rows)]))
+    write_outputs(rows, plan.out, methods)
+    return rows
+
+
 def run_benchmark(cfg: DictConfig) -> list[dict]:
     """Run (or resume) every run of the config; write runs.csv, results.md and success.png over every
     finished run of the output directory."""
@@ -414,10 +495,35 @@ def run_benchmark(cfg: DictConfig) -> list[dict]:
     run_all(
         plan, lambda _: tables.write_csv(finished_rows(plan.out), plan.out / "runs.csv"), "benchmark runs"
     )
-    rows = finished_rows(plan.out)
-    methods = list(dict.fromkeys([*plan.methods, *(r["method"] for r in rows)]))
-    write_outputs(rows, plan.out, methods)
-    return rows
+    return write_tables(plan)
+
+
+def run_job(cfg: DictConfig, task: str, method: str, seed: int) -> dict:
+    """One (task, method, seed) run of the benchmark of cfg, as one launcher job of a fan-out: its row,
+    read back without loading any data if the output directory finished it already (a re-run sweep
+    redoes only the runs that did not finish). Writes no table: `--gather` does, once every job is done."""
+    cfg = cfg.copy()
+    for key, value in (("tasks", [task]), ("methods", [method]), ("seeds", [int(seed)])):
+        OmegaConf.update(cfg, key, value)
+    plan = prepare(cfg, save_config=False)
+    row = finished_row(plan, task, method, int(seed))
+    return row if row is not None else run_one(plan, load_task(plan, task), method, int(seed))
+
+
+def gather_benchmark(cfg: DictConfig) -> list[dict]:
+    """The tables of a fanned-out benchmark from its finished runs, training nothing. Refuses on one line,
+    before writing any table, when a run of the config has not finished (or the directory holds runs of
+    other settings: `prepare`)."""
+    plan = prepare(cfg)
+    runs = [(t, m, s) for t in plan.tasks for s in plan.seeds for m in plan.methods]
+    missing = [f"{t}:{m}:{s}" for t, m, s in runs if finished_row(plan, t, m, s) is None]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatamilError(
+            f"{len(missing)} of {len(runs)} runs have not finished in {plan.out} ({shown}); run their jobs "
+            "again (finished runs are skipped), or leave out --gather to run them in this process"
+        )
+    return write_tables(plan)
 
 
 def run_pilot(cfg: DictConfig) -> list[dict]:
@@ -429,7 +535,7 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
     rule = cfg.get("pilot")
     if not candidates or rule is None:
         raise DatamilError(
-            "--pilot needs test_candidates and pilot in the preset (see configs/benchmark/full.yaml)"
+            "--pilot needs test_candidates and pilot in the preset (see datamil/configs/benchmark/full.yaml)"
         )
     dev = sorted(set(candidates) & set(cfg.get("dev_tasks") or []))
     if dev:
@@ -469,17 +575,24 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--preset", default="quick", help="configs/benchmark/<preset>.yaml: quick | default | full | tiny"
+        "--preset", default="quick", help="datamil/configs/benchmark/<preset>.yaml: quick | default | full | tiny"
     )
     parser.add_argument(
         "--pilot", action="store_true", help="target_only, seed 0, on test_candidates: picks test_tasks"
     )
     parser.add_argument(
+        "--gather",
+        action="store_true",
+        help="write the tables from the finished runs of a fan-out (selection_quality_job.py); train nothing",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="Hydra-style overrides, e.g. seeds=[0] eval.n_episodes=20"
     )
     args = parser.parse_args(argv)
+    if args.pilot and args.gather:
+        raise DatamilError("--pilot runs in one process; it has no --gather")
     cfg = load_config(args.preset, args.overrides)
-    rows = (run_pilot if args.pilot else run_benchmark)(cfg)
+    rows = (run_pilot if args.pilot else gather_benchmark if args.gather else run_benchmark)(cfg)
     print((Path(cfg.output_dir) / ("pilot/pilot.md" if args.pilot else "results.md")).read_text())
     return rows
 

@@ -2,7 +2,7 @@
 
 Training bar: `datamil.training.train` reaches at least 80% of the steps/s of a plain `torch.optim.AdamW`
 loop on the same model, batch size and pre-loaded tensors.
-Evaluation bar: `sim_tasks.rollout.evaluate_policy` (a small MLP policy acting on 10 envs in lockstep)
+Evaluation bar: `datamil.sim_tasks.rollout.evaluate_policy` (a small MLP policy acting on 10 envs in lockstep)
 loses at most 25% of the env-steps/s of raw MetaWorld stepping with a constant action (one env, no policy).
 Image evaluation bar: the same with the default image policy (`policy=bc_image`, 84x84 `corner` camera,
 fast rendering, as `data=metaworld_image` configures it) against raw stepping plus rendering of the same
@@ -27,17 +27,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.policies import POLICIES, Policy
+from datamil.sim_tasks.envpool import make_pool
+from datamil.sim_tasks.render import CameraConfig
+from datamil.sim_tasks.rollout import (
+    cores_left_to_workers,
+    evaluate_policy,
+    measure_env_speed,
+    policy_cameras,
+)
+from datamil.sim_tasks.suites import STREAM_EVAL, make_env
 from datamil.training import BatchSource, OptimConfig, lr_at, train
-from sim_tasks.envpool import make_pool
-from sim_tasks.render import CameraConfig
-from sim_tasks.rollout import cores_left_to_workers, evaluate_policy, measure_env_speed, policy_cameras
-from sim_tasks.suites import STREAM_EVAL, make_env
 
 OBS_DIM, ACTION_DIM, BATCH = 39, 4, 256  # MetaWorld-sized state and action
-CONFIG = Path(__file__).resolve().parents[1] / "configs"
+CONFIG = Path(CONFIG_DIR)
 
 
 def synthetic_store(n_episodes: int = 60, length: int = 180, seed: int = 0) -> TrajectoryStore:
@@ -353,14 +359,14 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument(
         "--eval-max-steps", type=int, default=500
-    )  # datamil.evaluate's default (configs/eval)
+    )  # datamil.evaluate's default (datamil/configs/eval)
     parser.add_argument("--eval-envs", type=int, default=10)
     parser.add_argument("--eval-rounds", type=int, default=5)
     parser.add_argument("--image-task", default=None, help="default: --eval-task")
     parser.add_argument("--image-episodes", type=int, default=10)
     parser.add_argument("--image-max-steps", type=int, default=50)  # rendering makes long episodes slow
-    parser.add_argument("--image-envs", type=int, default=10)  # datamil.evaluate's n_envs (configs/eval)
-    parser.add_argument("--image-workers", type=int, default=1)  # datamil.evaluate's workers (configs/eval)
+    parser.add_argument("--image-envs", type=int, default=10)  # datamil.evaluate's n_envs (datamil/configs/eval)
+    parser.add_argument("--image-workers", type=int, default=1)  # datamil.evaluate's workers (datamil/configs/eval)
     parser.add_argument("--image-rounds", type=int, default=3)
     parser.add_argument(
         "--image-threads",

@@ -2,7 +2,8 @@
 
 A policy checkpoint is one torch file holding plain data: the registry name of the policy, its
 constructor arguments (normalization statistics included), its state dict (parameters and buffers), the
-task, the training config and the step. Loading rebuilds the policy by name, so an evaluation script
+task, the training config and the step, and, for a policy trained on normalized data, the target's
+statistics it acts with (`normalization`). Loading rebuilds the policy by name, so an evaluation script
 needs no knowledge of how it was trained; loading it as another type fails with one line.
 """
 
@@ -16,13 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamil.data.normalization import NormStats
+from datamil.data.normalization import ActingNormalization, NormStats
 from datamil.errors import DatamilError
 from datamil.io import atomic_torch_save
 
 FORMAT = "datamil-policy-checkpoint"
 VERSION = 1
 TRAIN_STATE_FILE = "train_state.pt"
+DATA_NORMALIZATION = "data_normalization"  # datamil.policies.base.DATA_NORMALIZATION (no import cycle)
 _NORMSTATS_TAG = "__normstats__"
 
 
@@ -54,13 +56,10 @@ def _decode(value: Any) -> Any:
 
 
 def policy_name(policy: torch.nn.Module) -> str:
-    """The registry name a policy class was registered under."""
+    """The policy option (datamil/configs/policy/<name>.yaml) whose `_target_` is the policy's class."""
     from datamil.policies import POLICIES
 
-    for name in POLICIES.names():
-        if type(policy) is POLICIES.get(name):
-            return name
-    raise DatamilError(f"{type(policy).__name__} is not a registered policy; register it in datamil.policies")
+    return POLICIES.name_of(type(policy))
 
 
 def save_policy(
@@ -86,6 +85,8 @@ def save_policy(
         "train_config": _encode(train_config or {}),
         "step": int(step),
     }
+    norm = getattr(policy, DATA_NORMALIZATION, None)  # the target statistics it acts with, if any
+    payload.update({"normalization": norm.to_dict()} if norm is not None else {})
     return atomic_torch_save(Path(path), payload)
 
 
@@ -119,6 +120,8 @@ def load_policy(path: str | Path, expected: str | None = None) -> LoadedPolicy:
         )
     policy = POLICIES.get(name)(**_decode(payload["kwargs"]))
     policy.load_state_dict(payload["state_dict"])
+    if payload.get("normalization") is not None:  # acts in the target's raw units (Policy.act)
+        setattr(policy, DATA_NORMALIZATION, ActingNormalization.from_dict(payload["normalization"]))
     return LoadedPolicy(policy, name, payload["task"], _decode(payload["train_config"]), payload["step"])
 
 

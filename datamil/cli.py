@@ -18,10 +18,12 @@ from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
 
 os.environ.setdefault("WANDB_SILENT", "true")
-# configs/hydra/launcher/ray.yaml has the name of hydra-ray-launcher's own config and spells out all of it;
+# datamil/configs/hydra/launcher/ray.yaml has the name of hydra-ray-launcher's own config and spells out all of it;
 # Hydra 1.3 still validates it against that schema and warns about the name on every sweep.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# The Hydra configs ship inside the package (package data), so an editable checkout and an installed wheel
+# find them the same way.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 
 def one_line_errors(main: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -85,7 +87,12 @@ def require_task(cfg: DictConfig, example: str) -> str:
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> dict:
-    """Write the fully resolved config as run_dir/config.yaml and return it as a plain dict."""
+    """Write the fully resolved config as run_dir/config.yaml and return it as a plain dict.
+
+    Also makes the app's `hydra.searchpath` config directories known to the plug-in registries."""
+    from datamil.registry import use_hydra_searchpath
+
+    use_hydra_searchpath()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return resolved  # type: ignore[return-value]

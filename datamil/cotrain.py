@@ -7,9 +7,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
-from datamil.cotraining import build_mixture, cotrain, reads_state
+from datamil.cotraining import build_mixture, cotrain
 from datamil.device import resolve_device
 from datamil.logger import make_logger
+from datamil.policies.build import reads_state
 from datamil.selection.selection_io import read_selection
 
 
@@ -43,6 +44,7 @@ def main(cfg: DictConfig) -> None:
         t.batch_size,
         t.seed,
         use_state=reads_state(policy),
+        prior_weights=data.prior_weights,
     )
     logger = make_logger(cfg.logger, run_dir, config)
     path, result = cotrain(
@@ -58,6 +60,7 @@ def main(cfg: DictConfig) -> None:
         checkpoint_every=t.checkpoint_every,
         log_every=t.log_every,
         device=device,
+        normalization=data.normalization,
     )
     logger.close()
     print(

@@ -6,7 +6,7 @@ this one function with the same policy, steps and mixing ratio.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,56 +14,17 @@ import numpy as np
 import torch
 
 from datamil.checkpoint import save_policy
+from datamil.data.normalization import ActingNormalization
 from datamil.data.sampling import MixtureSampler
 from datamil.data.schema import is_image_key
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
 from datamil.logger import Logger
-from datamil.policies.base import OBS_STATE_KEY, Policy
+from datamil.policies.base import DATA_NORMALIZATION, OBS_STATE_KEY
+from datamil.policies.build import PolicyFactory, build_policy
 from datamil.policies.vision import conform_store
 from datamil.report import pyplot, save_figure
 from datamil.training import OptimConfig, TrainResult, train
-
-PolicyFactory = Callable[..., Policy]
-
-
-def build_policy(factory: PolicyFactory, store: TrajectoryStore) -> Policy:
-    """Instantiate a policy sized and normalized for `store` (dims and statistics come from the data).
-
-    Policies with `reads_images = True` also get each camera's per-step shape, and work without a state.
-    """
-    if getattr(getattr(factory, "func", factory), "reads_images", False):
-        return _build_image_policy(factory, store)
-    if OBS_STATE_KEY not in store.arrays:
-        raise DatamilError(f"the data has no {OBS_STATE_KEY!r}; state-based policies need a state vector")
-    return factory(
-        obs_dim=int(store.arrays[OBS_STATE_KEY].shape[1]),
-        action_dim=store.action_dim,
-        state_stats=store.pooled_stats(OBS_STATE_KEY),
-    )
-
-
-def _build_image_policy(factory: PolicyFactory, store: TrajectoryStore) -> Policy:
-    """An image policy: (H, W, C) of every image array; state dim and statistics when there is a state."""
-    shapes = {
-        name[len("obs/") :]: tuple(value.shape[1:])
-        for name, value in store.arrays.items()
-        if name.startswith("obs/") and is_image_key(name[len("obs/") :])
-    }
-    has_state = OBS_STATE_KEY in store.arrays
-    return factory(
-        obs_dim=int(store.arrays[OBS_STATE_KEY].shape[1]) if has_state else 0,
-        action_dim=store.action_dim,
-        state_stats=store.pooled_stats(OBS_STATE_KEY) if has_state else None,
-        image_shapes=shapes,
-    )
-
-
-def reads_state(factory: PolicyFactory) -> bool:
-    """Whether the policy reads the state vector: state policies do, image policies unless use_state=False."""
-    if not getattr(getattr(factory, "func", factory), "reads_images", False):
-        return True
-    return bool(getattr(factory, "keywords", {}).get("use_state", True))
 
 
 def state_mismatch(prior: TrajectoryStore, other: TrajectoryStore, name: str) -> str | None:
@@ -127,12 +88,16 @@ def build_mixture(
     batch_size: int,
     seed: int,
     use_state: bool = True,
+    prior_weights: Mapping[str, float] | None = None,
 ) -> Mixture:
     """Target-train + the selected prior episodes; each batch draws target:prior in the given ratio.
 
     With no prior episodes selected the batch is all target data (target-only training). States of
     different sizes fail on one line, unless the policy reads no state (`use_state=False`, see
-    reads_state): then they are left out.
+    reads_state): then they are left out. prior_weights ({dataset label: w}, a mixture prior's): the prior
+    share of a batch draws a selected step of dataset d with probability proportional to w_d, i.e. dataset d
+    gets the share w_d n_d / sum_e w_e n_e of it (n: selected steps); equal weights draw uniformly over the
+    selected steps, as without weights.
     """
     if not (target_ratio > 0 and prior_ratio > 0):
         raise DatamilError(
@@ -148,10 +113,25 @@ def build_mixture(
     pools = [np.arange(n_target_steps)]
     ratios = [target_ratio]
     if selected_ids:
-        pools.append(np.arange(n_target_steps, store.n_steps))
-        ratios.append(prior_ratio)
+        prior_pools, shares = _prior_pools(store, target_train.n_episodes, n_target_steps, prior_weights)
+        pools += prior_pools
+        ratios += [prior_ratio * share for share in shares]
     sampler = MixtureSampler(pools, ratios, batch_size, seed)
     return Mixture(store, sampler, target_train.n_episodes, len(selected_ids))
+
+
+def _prior_pools(
+    store: TrajectoryStore, first_prior: int, first_step: int, weights: Mapping[str, float] | None
+) -> tuple[list[np.ndarray], list[float]]:
+    """The prior's step pools and their shares of the prior part of a batch: one pool (share 1) unless the
+    selected datasets carry different sampling weights, then one pool per dataset, share w_d n_d / sum w n."""
+    labels = np.asarray(store.episodes.dataset[first_prior:])
+    weight_of = {d: float((weights or {}).get(d, 1.0)) for d in sorted(set(labels.tolist()))}
+    if len(set(weight_of.values())) <= 1:
+        return [np.arange(first_step, store.n_steps)], [1.0]
+    pools = [store.step_indices(first_prior + np.flatnonzero(labels == d)) for d in weight_of]
+    mass = np.asarray([weight_of[d] * len(p) for d, p in zip(weight_of, pools, strict=True)])
+    return pools, (mass / mass.sum()).tolist()
 
 
 def cotrain(
@@ -167,10 +147,14 @@ def cotrain(
     checkpoint_every: int = 2000,
     log_every: int = 50,
     device: str | torch.device = "cpu",
+    normalization: ActingNormalization | None = None,
 ) -> tuple[Path, TrainResult]:
     """Train on the mixture on `device`; write `policy.pt` (CPU tensors) and `training_curve.png` into
-    run_dir (resumable)."""
+    run_dir (resumable). normalization: the target statistics the data was normalized with (TaskData's);
+    the policy then acts, and its checkpoint loads, in the target's raw units."""
     policy = build_policy(factory, mixture.store)
+    if normalization is not None:
+        setattr(policy, DATA_NORMALIZATION, normalization)
     result = train(
         policy,
         mixture.store,

@@ -20,8 +20,8 @@ import torch
 from datamil.checkpoint import load_policy
 from datamil.device import resolve_device
 from datamil.io import atomic_write_text
+from datamil.sim_tasks.rollout import EvalResult, evaluate_policy
 from datamil.video import VideoConfig, VideoUnavailable, record_video
-from sim_tasks.rollout import EvalResult, evaluate_policy
 
 SUMMARY_FIELDS = (
     "task",
@@ -56,7 +56,7 @@ def evaluate_checkpoint(
         warnings.warn(f"checkpoint was trained for {loaded.task!r}, evaluating it on {task!r}", stacklevel=2)
     policy = loaded.policy.to(resolve_device(device))
     if execute_steps is None:
-        execute_steps = int(getattr(policy, "n_action_steps", 1))
+        execute_steps = int(policy.n_action_steps)
     act = functools.partial(policy.act, None)
     return evaluate_policy(
         act,

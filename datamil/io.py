@@ -1,4 +1,5 @@
-"""Atomic writes: an artifact either appears whole or not at all (write to a temp path, then rename).
+"""Atomic writes: an artifact either appears whole or not at all (write to a temp path, then rename);
+and a file lock for a cache that several processes may try to build at once.
 
 Temp paths are created with the default permissions (files 0666, folders 0777, less the user's umask),
 not tempfile's private 0600 / 0700: the rename publishes them as they are, and an output must be as
@@ -7,6 +8,7 @@ readable as any file the user writes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -110,3 +112,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the body: jobs that start together (the
+    proxy seeds of one select, the methods of one benchmark task) build a shared cache once, and the others
+    wait, then read it. The lock is advisory (fcntl) and released when the file closes, also on a crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield

@@ -20,7 +20,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, run_dir_of, save_config
-from datamil.cotraining import build_policy
 from datamil.data.sources import TaskData
 from datamil.datamodels.regression import (
     RegressionSpec,
@@ -29,6 +28,7 @@ from datamil.datamodels.regression import (
 )
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
+from datamil.policies.build import build_policy
 from datamil.selecting import run_selection
 
 REGRESSION_TARGET = "datamil.datamodels.regression.estimate_regression"

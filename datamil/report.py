@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -122,8 +124,12 @@ def write_selection_report(
     tasks: list[str],
     successes: list[bool | None],
     mask: np.ndarray,
+    sources: tuple[list[str], dict[str, str]] | None = None,
 ) -> Path:
-    """All three plots plus report.md into `run_dir`; returns the report path."""
+    """All three plots plus report.md into `run_dir`; returns the report path.
+
+    sources: a mixture prior's (per-episode dataset labels, {dataset: robot}); adds sources.csv and the
+    composition by dataset and by robot to the report."""
     run_dir = Path(run_dir)
     mask = np.asarray(mask, bool)
     plots = [
@@ -131,6 +137,58 @@ def write_selection_report(
         plot_composition(tasks, successes, mask, run_dir / "composition.png"),
         plot_score_vs_length(scores, lengths, mask, run_dir / "score_vs_length.png"),
     ]
-    return atomic_write_text(
-        run_dir / "report.md", markdown_report(title, facts, tasks, successes, mask, plots)
-    )
+    text = markdown_report(title, facts, tasks, successes, mask, plots)
+    if sources is not None:  # a mixture prior: where the selection comes from, by dataset and robot
+        datasets, robots = sources
+        text += write_source_composition(run_dir, source_composition(datasets, robots, lengths, mask))[1]
+    return atomic_write_text(run_dir / "report.md", text)
+
+
+SOURCE_FIELDS = ("by", "name", "prior_episodes", "selected_episodes", "prior_steps", "selected_steps")
+
+
+def source_composition(
+    datasets: list[str], robots: dict[str, str], lengths: np.ndarray, mask: np.ndarray
+) -> list[dict]:
+    """Rows of a mixture prior's composition, by dataset and by robot: episodes and steps in the prior and
+    in the selection (a robot missing from `robots` counts as "unknown")."""
+    rows = []
+    for by, names in (("dataset", datasets), ("robot", [robots.get(d, "unknown") for d in datasets])):
+        names = np.asarray(names)
+        for name in sorted(set(names.tolist())):
+            mine = names == name
+            rows.append(
+                {
+                    "by": by,
+                    "name": name,
+                    "prior_episodes": int(mine.sum()),
+                    "selected_episodes": int((mine & mask).sum()),
+                    "prior_steps": int(lengths[mine].sum()),
+                    "selected_steps": int(lengths[mine & mask].sum()),
+                }
+            )
+    return rows
+
+
+def write_source_composition(run_dir: Path, rows: list[dict]) -> tuple[Path, str]:
+    """sources.csv in `run_dir`, and the same rows as Markdown tables for report.md."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SOURCE_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    path = atomic_write_text(Path(run_dir) / "sources.csv", buffer.getvalue())
+    lines = []
+    for by in ("dataset", "robot"):
+        lines += [
+            "",
+            f"## Composition by {by}",
+            "",
+            f"| {by} | prior episodes | selected episodes | prior steps | selected steps |",
+        ]
+        lines += ["|---|---|---|---|---|"]
+        lines += [
+            f"| {r['name']} | {r['prior_episodes']} | {r['selected_episodes']} | {r['prior_steps']} | {r['selected_steps']} |"
+            for r in rows
+            if r["by"] == by
+        ]
+    return path, "\n".join(lines) + "\n"

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamil.cotraining import PolicyFactory, build_policy, reads_state, state_mismatch
+from datamil.cotraining import state_mismatch
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.device import resolve_device
 from datamil.errors import DataError, DatamilError
 from datamil.io import atomic_write_npz
 from datamil.policies.base import OBS_STATE_KEY
+from datamil.policies.build import PolicyFactory, build_policy, reads_state
 from datamil.report import success_count, write_selection_report
 from datamil.selection import Selection, per_trajectory, write_selection
 from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
@@ -61,10 +62,8 @@ def seed_scores(
             )
         return saved["scores"]
     policy = build_policy(factory, data.prior).to(resolve_device(device))
-    if hasattr(policy, "check_data"):  # image policies: every dataset has the cameras, at a usable size
-        policy.check_data(
-            {"prior": data.prior, "target_train": data.target_train, "target_val": data.target_val}
-        )
+    # image policies: every dataset has the cameras, at a usable size
+    policy.check_data({"prior": data.prior, "target_train": data.target_train, "target_val": data.target_val})
     scores = np.asarray(
         estimate(policy, data.prior, data.target_val, rng_seed=seed, target_train_store=data.target_train),
         np.float64,
@@ -301,4 +300,5 @@ def _write_report(
         list(prior.episodes.task),
         list(prior.episodes.success),
         mask,
+        sources=(list(prior.episodes.dataset), data.robots) if data.robots else None,
     )

@@ -17,7 +17,7 @@ import numpy as np
 
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
-from sim_tasks.rollout import wilson_interval
+from datamil.sim_tasks.rollout import wilson_interval
 
 COLUMNS = ("task", "checkpoint", "seeds", "episodes", "success", "ci_low", "ci_high", "seed_std")
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from datamil.errors import DatamilError
 from datamil.io import temp_file
-from sim_tasks.render import CameraConfig
+from datamil.sim_tasks.render import CameraConfig
 
 GL_FIX = (
     "install Debian packages libegl1 libgl1-mesa-dri and set MUJOCO_GL=egl "
@@ -220,7 +220,7 @@ def _check_writer_installed() -> None:
 
 # ---------------------------------------------------------------------------- filming in the worker
 class FilmingEnv:
-    """An EnvPool of one slot (the `sim_tasks.envpool` protocol) that films every episode it runs.
+    """An EnvPool of one slot (the `datamil.sim_tasks.envpool` protocol) that films every episode it runs.
 
     reset opens `episode_NNN.mp4`; each step adds a frame every `config.every` steps and at the end.
     `policy_renderer` supplies image observations for policies that read cameras.
@@ -299,7 +299,7 @@ def _open_renderers(model: Any, config: VideoConfig, policy_cameras: CameraConfi
     import gc
     import warnings
 
-    from sim_tasks.render import FrameRenderer
+    from datamil.sim_tasks.render import FrameRenderer
 
     hook = sys.unraisablehook
     sys.unraisablehook = lambda _: None
@@ -329,8 +329,8 @@ def _film(job: dict[str, Any]) -> list[VideoEpisode]:
     except Exception as error:  # noqa: BLE001
         raise VideoUnavailable(_gl_line(error)) from None
     from datamil.checkpoint import load_policy
-    from sim_tasks.rollout import Lockstep, policy_cameras
-    from sim_tasks.suites import make_env
+    from datamil.sim_tasks.rollout import Lockstep, policy_cameras
+    from datamil.sim_tasks.suites import make_env
 
     config: VideoConfig = job["config"]
     act = functools.partial(load_policy(job["checkpoint"]).policy.to(job["device"]).act, None)

@@ -16,10 +16,11 @@ from hydra.errors import InstantiationException
 from omegaconf import MissingMandatoryValue, OmegaConf
 
 from datamil.cli import require_values, user_message
-from datamil.cotraining import build_mixture, reads_state
+from datamil.cotraining import build_mixture
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
+from datamil.policies.build import reads_state
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import VisionPolicy
 from datamil.selecting import run_selection
@@ -64,7 +65,13 @@ def test_rlds_dataset_rewritten_in_place_is_converted_again(tmp_path):
     def write_and_load(seed: int) -> tuple[np.ndarray, np.ndarray]:
         episodes = fx.make_episodes(n=3, steps=4, image=False, seed=seed)
         path = write_rlds(episodes, tmp_path / "data", "toy_rewrite")
-        source = RLDSSource(prior=str(path), target=str(path), n_target_val=1, cache_dir=str(tmp_path / "c"))
+        source = RLDSSource(
+            prior=str(path),
+            target=str(path),
+            n_target_val=1,
+            cache_dir=str(tmp_path / "c"),
+            normalization="none",
+        )
         return np.concatenate([e.actions for e in episodes]), np.asarray(
             source.load("t").prior.arrays["action"]
         )

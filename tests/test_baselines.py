@@ -13,6 +13,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
@@ -135,7 +136,7 @@ def test_behavior_retrieval_is_deterministic_and_seeded(tiny_task_data):
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_baseline_has_a_method_preset(name):
-    cfg = instantiate(OmegaConf.load(ROOT / "configs" / "method" / f"{name}.yaml"))
+    cfg = instantiate(OmegaConf.load(Path(CONFIG_DIR) / "method" / f"{name}.yaml"))
     assert isinstance(cfg, SelectionConfig) and cfg.method == name
 
 

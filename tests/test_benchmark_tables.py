@@ -65,7 +65,7 @@ def test_paired_difference_is_a_t_interval_over_task_seed_pairs(tables):
 
 
 def test_intervals_over_seeds_and_over_episodes(tables):
-    from sim_tasks.rollout import wilson_interval
+    from datamil.sim_tasks.rollout import wilson_interval
 
     mean, low, high = tables.interval([0.75], 4)  # one seed: Wilson over its episodes
     assert mean == 0.75 and (low, high) == pytest.approx(wilson_interval(3, 4), abs=1e-4)

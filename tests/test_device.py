@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from datamil.checkpoint import save_policy
-from datamil.cotraining import build_policy
+from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels import ProxyConfig, smooth_optim
@@ -37,14 +37,15 @@ from datamil.datamodels.truncated import truncated_scores
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
 from datamil.policies.base import ACTION, OBS_STATE_KEY, Policy
+from datamil.policies.build import build_policy
 from datamil.policies.diffusion import DiffusionPolicy
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy
+from datamil.real_robot.server import load_served
 from datamil.training import BatchSource, LossCurve, OptimConfig, gather_batch, init_params, train
-from real_robot.server import load_served
 
 META = torch.device("meta")
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(CONFIG_DIR)
 DIFFUSION = dict(hidden=(16, 16), horizon=4, n_action_steps=2, inference_steps=3)
 IMAGE = dict(channels=(8, 8), strides=(2, 1), keypoints=4, feature_dim=8, hidden=(16,), image_size=(32, 32))
 
@@ -241,7 +242,9 @@ def test_estimators_and_the_encoder_on_a_device(stores, device) -> None:
     scores = {}
     for where in (torch.device("cpu"), device):
         policy = build_policy(Gelu64, prior).to(where)
-        metagrad = run_metagrad(policy, prior, val, 0, proxy(), target_train_store=target_train)
+        metagrad = run_metagrad(
+            policy, prior, val, 0, proxy(), include_target_train=False, target_train_store=target_train
+        )
         regression = run_regression(policy, prior, val, 0, proxy(), n_models=4, chunk=2)
         scores[where.type] = (metagrad.scores, regression.info["surrogates"])
         assert metagrad.scores.shape == (prior.n_steps,) and np.isfinite(metagrad.scores).all()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
@@ -200,6 +201,7 @@ def test_regression_recovers_planted_additive_effects():
 def test_every_estimator_is_deterministic_and_finite(stores, name):
     train, val, _ = stores
     kwargs = {"n_models": 8, "chunk": 4} if name == "regression" else {}
+    kwargs["include_target_train"] = False  # the prior alone; metagrad.yaml adds target-train
     runs = [ESTIMATORS.get(name)(TinyGelu(), train, val, 3, proxy=proxy(), **kwargs).scores for _ in range(2)]
     assert runs[0].shape == (train.n_steps,) and np.all(np.isfinite(runs[0]))
     np.testing.assert_array_equal(runs[0], runs[1])
@@ -231,7 +233,8 @@ def planted_store(n: int, length: int, seed: int, prefix: str, flip_every: int =
 def test_lds_is_high_for_exact_metagradients_on_a_planted_toy(mode):
     train, val = planted_store(16, 4, 5, "prior", flip_every=3), planted_store(3, 4, 6, "val")
     policy, cfg = TinyGelu(), ProxyConfig(replace(smooth_optim(), total_steps=10, lr=1e-2), batch_size=16)
-    scores = {"metagrad": ESTIMATORS.get("metagrad")(policy, train, val, 0, proxy=cfg).scores}
+    run = ESTIMATORS.get("metagrad")
+    scores = {"metagrad": run(policy, train, val, 0, proxy=cfg, include_target_train=False).scores}
     scores["noise"] = np.random.default_rng(0).normal(size=train.n_steps)
     rows, masks, true = linear_datamodeling_score(
         policy, train, val, scores, cfg, 0, n_models=20, mode=mode, n_boot=50
@@ -279,7 +282,7 @@ def test_estimator_config_instantiates_to_the_registered_estimator(name):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "estimator" / f"{name}.yaml")
+    cfg = OmegaConf.load(Path(CONFIG_DIR) / "estimator" / f"{name}.yaml")
     estimate = instantiate(cfg)
     assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
     assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)
@@ -293,19 +296,18 @@ def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, capl
     run = ESTIMATORS.get("metagrad")
     uniform = replace(proxy(steps=2, batch=4), sampling="uniform")  # 8 draws from 20 rows
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        scores = run(TinyGelu(), train, val, 0, proxy=uniform).scores
+        scores = run(TinyGelu(), train, val, 0, proxy=uniform, include_target_train=False).scores
     assert "samples it never draws score 0" in caplog.text
     assert np.count_nonzero(scores) <= 8  # only drawn samples can move the surrogate
     caplog.clear()
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        scores = run(
-            TinyGelu(), train, val, 0, proxy=proxy(steps=2, batch=4)
-        ).scores  # auto: trajectory rounds
+        auto = proxy(steps=2, batch=4)  # auto: trajectory rounds
+        scores = run(TinyGelu(), train, val, 0, proxy=auto, include_target_train=False).scores
     assert caplog.text == ""
     per_episode = np.bincount(train.episode_of_step, weights=np.abs(scores), minlength=train.n_episodes)
     assert np.all(per_episode > 0)  # every trajectory was drawn, so every trajectory has a score
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        run(TinyGelu(), train, val, 0, proxy=proxy(steps=12, batch=8))
+        run(TinyGelu(), train, val, 0, proxy=proxy(steps=12, batch=8), include_target_train=False)
     assert caplog.text == ""
 
 

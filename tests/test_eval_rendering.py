@@ -15,9 +15,9 @@ from datamil.checkpoint import save_policy
 from datamil.evaluation import evaluate_checkpoint
 from datamil.policies import POLICIES
 from datamil.policies.vision import VisionPolicy
-from sim_tasks import rollout
-from sim_tasks.render import FrameRenderer
-from sim_tasks.rollout import cores_left_to_workers, evaluate_policy, policy_cameras, usable_cores
+from datamil.sim_tasks import rollout
+from datamil.sim_tasks.render import FrameRenderer
+from datamil.sim_tasks.rollout import cores_left_to_workers, evaluate_policy, policy_cameras, usable_cores
 
 pytestmark = pytest.mark.sim
 

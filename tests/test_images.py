@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from datamil.cotraining import build_policy
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.features import (
@@ -27,6 +26,7 @@ from datamil.datamodels.features import (
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.errors import DataError, DatamilError, UnknownNameError
 from datamil.gl import configure_gl
+from datamil.policies.build import build_policy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy, random_shift
 from datamil.training import gather_batch, init_params
 
@@ -85,8 +85,8 @@ def test_configure_gl_picks_egl_only_without_a_display() -> None:
 
 
 def _render_probe() -> dict:
-    from sim_tasks.render import CameraConfig, FrameRenderer
-    from sim_tasks.suites import make_env
+    from datamil.sim_tasks.render import CameraConfig, FrameRenderer
+    from datamil.sim_tasks.suites import make_env
 
     env = make_env("metaworld/reach", 0)
     env.reset()
@@ -117,8 +117,8 @@ def test_renderer_gives_configured_views_and_names_valid_cameras() -> None:
 
 @pytest.mark.sim
 def test_generator_renders_cameras_per_step_and_stays_state_only_by_default() -> None:
-    from sim_tasks.generate import generate_episodes
-    from sim_tasks.render import CameraConfig
+    from datamil.sim_tasks.generate import generate_episodes
+    from datamil.sim_tasks.render import CameraConfig
 
     cams = CameraConfig.of({"image_primary": "corner"}, (32, 32))
     (ep,) = generate_episodes(["metaworld/reach"], 1, 0, max_steps=6, workers=1, progress=False, cameras=cams)

@@ -1,46 +1,35 @@
-"""Sweep launchers (configs/hydra/launcher): the Ray launcher end to end on a local Ray that the sweep
+"""Sweep launchers (datamil/configs/hydra/launcher): the Ray launcher end to end on a local Ray that the sweep
 starts on this machine and stops, against the basic launcher; the GPU request of the SLURM launcher.
 
-The Ray and SLURM plugins are optional extras (`pip install -e ".[ray]"`, `".[slurm]"`): their tests skip,
-saying so, where the plugin is not installed.
+The Ray plugin is part of the dev extra; the SLURM plugin is an optional extra (`pip install -e ".[slurm]"`).
+Their tests skip, saying so, where the plugin is not installed.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from local_ray import has_module, local_ray, needs_ray, ray_env
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-RAY_PROCESSES = {"raylet", "gcs_server"}
-
-
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+from datamil.cli import CONFIG_DIR
 
 
 def compose_launcher(launcher: str, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("evaluate", [f"hydra/launcher={launcher}", *overrides], return_hydra_config=True)
     return cfg.hydra.launcher
 
 
 @pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/ray' is validated:UserWarning")  # see datamil.cli
 def test_ray_launcher_config_is_ours_in_full() -> None:
-    """configs/hydra/launcher/ray.yaml shadows the plugin's config of the same name and names its class."""
+    """datamil/configs/hydra/launcher/ray.yaml shadows the plugin's config of the same name and names its class."""
     launcher = compose_launcher("ray")
     assert launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
     assert launcher.ray.init.address is None and launcher.ray.init.include_dashboard is False
@@ -82,18 +71,6 @@ def test_slurm_launcher_asks_for_the_gpus_it_is_given(tmp_path, monkeypatch, ove
     assert gpu_lines == ([] if line is None else [line])
 
 
-def ray_processes() -> set[int]:
-    """pids of this machine's Ray daemons (raylet, gcs_server)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() in RAY_PROCESSES:
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def sweep(launcher: list[str], sweep_dir: Path, checkpoint: Path, env: dict) -> tuple[list[dict], str]:
     """(results.json of the 2-job evaluation sweep seed=0,1 minus its timings, the sweep's log)."""
     command = [
@@ -101,7 +78,7 @@ def sweep(launcher: list[str], sweep_dir: Path, checkpoint: Path, env: dict) -> 
         "eval.n_episodes=2", "eval.max_steps=10", "eval.n_envs=2", "device=cpu",
         f"hydra.sweep.dir={sweep_dir}", *launcher,
     ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ConfigStore schema" not in done.stderr  # ray.yaml's name clash is silenced (datamil.cli)
     results = [json.loads((sweep_dir / str(n) / "results.json").read_text()) for n in (0, 1)]
@@ -111,10 +88,7 @@ def sweep(launcher: list[str], sweep_dir: Path, checkpoint: Path, env: dict) -> 
 
 @pytest.mark.slow
 @pytest.mark.sim
-@pytest.mark.skipif(
-    not (has_module("ray") and has_module("hydra_plugins.hydra_ray_launcher")),
-    reason="ray / hydra-ray-launcher are not installed (pip install -e '.[ray]')",
-)
+@needs_ray
 def test_ray_sweep_equals_the_basic_launcher(cli_env, tmp_path) -> None:
     """hydra/launcher=ray on a loopback-only local Ray of 2 CPUs, started by the sweep and gone after it."""
     from datamil.checkpoint import save_policy
@@ -123,29 +97,10 @@ def test_ray_sweep_equals_the_basic_launcher(cli_env, tmp_path) -> None:
 
     policy = MLPPolicy(obs_dim=39, action_dim=4, hidden=(16, 16))  # MetaWorld's state and action sizes
     checkpoint = save_policy(tmp_path / "policy.pt", policy, init_params(policy, 0), task="metaworld/reach")
-    env = {**cli_env, "RAY_USAGE_STATS_ENABLED": "0"}  # no usage report leaves the machine
-    env.pop("RAY_ADDRESS", None)  # a Ray of its own, never a cluster named in the environment
-    before = ray_processes()
+    env = ray_env(cli_env)
     basic, _ = sweep([], tmp_path / "basic", checkpoint, env)
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    try:
-        on_ray, log = sweep(
-            [
-                "hydra/launcher=ray",
-                "hydra.launcher.ray.init.num_cpus=2",
-                "+hydra.launcher.ray.init._node_ip_address=127.0.0.1",
-                f"+hydra.launcher.ray.init._temp_dir={ray_dir}",
-            ],
-            tmp_path / "ray",
-            checkpoint,
-            env,
-        )
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
+    with local_ray() as ray:
+        on_ray, log = sweep(ray, tmp_path / "ray", checkpoint, env)
     assert [r["seed"] for r in basic] == [0, 1] and all(r["n_episodes"] == 2 for r in basic)
     assert "Ray Launcher is launching 2 jobs" in log
     assert on_ray == basic
-    deadline = time.monotonic() + 30
-    while ray_processes() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes() - before, "the sweep left Ray daemons running"

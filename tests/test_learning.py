@@ -7,12 +7,12 @@ import functools
 import numpy as np
 import pytest
 
-from datamil.cotraining import build_policy
 from datamil.data.store import TrajectoryStore
+from datamil.policies.build import build_policy
 from datamil.policies.gaussian import GaussianPolicy
+from datamil.sim_tasks.generate import generate_target_demos
+from datamil.sim_tasks.rollout import evaluate_policy
 from datamil.training import OptimConfig, train
-from sim_tasks.generate import generate_target_demos
-from sim_tasks.rollout import evaluate_policy
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
 
-from datamil.cotraining import build_mixture, build_policy  # noqa: E402
+from datamil.cotraining import build_mixture  # noqa: E402
 from datamil.data.rlds import ingest_rlds, read_rlds, write_rlds  # noqa: E402
 from datamil.data.schema import Episode, EpisodeMeta  # noqa: E402
 from datamil.data.sources import RLDSSource  # noqa: E402
@@ -31,6 +31,7 @@ from datamil.data.store import TrajectoryStore  # noqa: E402
 from datamil.datamodels.features import FeatureCache, FitConfig, fit_data, run_image  # noqa: E402
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim  # noqa: E402
 from datamil.errors import DataError, DatamilError  # noqa: E402
+from datamil.policies.build import build_policy  # noqa: E402
 from datamil.policies.vision import VisionPolicy  # noqa: E402
 from datamil.training import gather_batch, init_params  # noqa: E402
 

@@ -200,7 +200,7 @@ def test_vocabulary_typos_list_the_valid_names():
 def docs_mapping() -> dict:
     """The worked example of docs/oxe.md: the yaml block that sets `mapping`."""
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
-    (config,) = [yaml.safe_load(b) for b in blocks if "mapping:" in b]
+    (config,) = [yaml.safe_load(b) for b in blocks if re.search(r"^mapping:", b, flags=re.M)]
     return config["mapping"]
 
 
@@ -232,7 +232,11 @@ def my_arm(tmp_path_factory):
 
 
 def _source(tmp_path, path, **kwargs) -> RLDSSource:
-    return RLDSSource(prior=str(path), target=str(path), n_target_val=1, cache_dir=str(tmp_path), **kwargs)
+    """The dataset as prior and target, in raw units (these tests check the mapping, not normalization)."""
+    settings = dict(
+        prior=str(path), target=str(path), n_target_val=1, cache_dir=str(tmp_path), normalization="none"
+    )
+    return RLDSSource(**{**settings, **kwargs})
 
 
 def test_docs_example_maps_an_unknown_dataset(my_arm, tmp_path):

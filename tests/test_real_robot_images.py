@@ -1,7 +1,7 @@
 """Image policies on the deployment loop: SimArm's cameras, the policy server and the recorder.
 
 SimArm renders its cameras in its env worker process (Mesa's EGL never shares a process with the
-TensorFlow that writes RLDS here); a real `python -m real_robot.serve` process feeds the frames to an
+TensorFlow that writes RLDS here); a real `python -m datamil.real_robot.serve` process feeds the frames to an
 image BC policy; the recorder writes them back to RLDS, read again by datamil's reader.
 """
 
@@ -17,16 +17,16 @@ from datamil.checkpoint import save_policy
 from datamil.data.rlds import read_rlds
 from datamil.errors import DatamilError
 from datamil.policies import POLICIES
-from real_robot.build import match_cameras
-from real_robot.cameras import CameraSet
-from real_robot.chunking import PolicySource
-from real_robot.client import PolicyClient
-from real_robot.control import LoopConfig
-from real_robot.localhost import REPO, ServerProcess
-from real_robot.recording import SessionInfo, SessionRecorder, merge_session, session_episodes
-from real_robot.safety import SafetyLayer, SafetyLimits
-from real_robot.session import make_labeler, run_session
-from real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
+from datamil.real_robot.build import match_cameras
+from datamil.real_robot.cameras import CameraSet
+from datamil.real_robot.chunking import PolicySource
+from datamil.real_robot.client import PolicyClient
+from datamil.real_robot.control import LoopConfig
+from datamil.real_robot.localhost import ServerProcess
+from datamil.real_robot.recording import SessionInfo, SessionRecorder, merge_session, session_episodes
+from datamil.real_robot.safety import SafetyLayer, SafetyLimits
+from datamil.real_robot.session import make_labeler, run_session
+from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -124,12 +124,12 @@ def test_image_policy_is_served_drives_simarm_and_frames_are_recorded(server, tm
     np.testing.assert_array_equal(read.observations["image_primary"], frames)
 
 
-def test_run_entry_point_gives_an_image_policy_the_sim_cameras_it_reads(server):
-    """`python -m real_robot.run robot=sim` with no cameras set renders what the served policy reads."""
-    command = [sys.executable, "-m", "real_robot.run", f"task={TASK}", f"server.url={server.url}",
+def test_run_entry_point_gives_an_image_policy_the_sim_cameras_it_reads(server, tmp_path):
+    """`python -m datamil.real_robot.run robot=sim` with no cameras set renders what the served policy reads."""
+    command = [sys.executable, "-m", "datamil.real_robot.run", f"task={TASK}", f"server.url={server.url}",
                "episodes=1", "control.max_steps=5", "control.rate_hz=30", "key_input=none", "label=sim",
                "recording.enabled=false"]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "episode 0: max_steps, 5 steps" in done.stdout and "interventions {}" in done.stdout, done.stdout
 
@@ -137,7 +137,7 @@ def test_run_entry_point_gives_an_image_policy_the_sim_cameras_it_reads(server):
 def test_a_robot_without_the_policys_cameras_is_refused_in_one_line():
     meta = {"obs_keys": ["image_primary", "image_wrist", "state"], "image_sizes": {}, "cameras": {}}
 
-    class Arm:  # a real driver's shape: cameras from robot.cameras in configs/robot/<arm>.yaml
+    class Arm:  # a real driver's shape: cameras from robot.cameras in datamil/configs/robot/<arm>.yaml
         cameras = CameraSet([{"name": "primary"}])
 
     with pytest.raises(DatamilError, match=r"\['image_wrist'\].*cameras named \['wrist'\]"):

@@ -1,7 +1,7 @@
 """The whole deployment loop against SimArm through a real policy server process on localhost, and its faults.
 
 Scripted teleop (the MetaWorld expert as the operator) records demos to RLDS; they are read back, a BC
-policy is trained on them, served by `python -m real_robot.serve`, and run on SimArm with its success
+policy is trained on them, served by `python -m datamil.real_robot.serve`, and run on SimArm with its success
 recorded. Faults: the server killed mid-episode, a policy that emits NaN or wrong-shaped actions, and a
 client reconnecting to a restarted server.
 """
@@ -18,22 +18,22 @@ import torch
 from datamil.checkpoint import save_policy
 from datamil.data.store import TrajectoryStore
 from datamil.policies import POLICIES
+from datamil.real_robot.chunking import PolicySource
+from datamil.real_robot.client import PolicyClient
+from datamil.real_robot.control import LoopConfig, run_episode
+from datamil.real_robot.localhost import ServerProcess
+from datamil.real_robot.operators import ScriptedOperator
+from datamil.real_robot.recording import SessionInfo, SessionRecorder, merge_session, session_episodes
+from datamil.real_robot.robot import EE_POSE
+from datamil.real_robot.safety import Intervention, SafetyLayer, SafetyLimits
+from datamil.real_robot.session import make_labeler, run_session
+from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
 from datamil.training import OptimConfig, train
-from real_robot.chunking import PolicySource
-from real_robot.client import PolicyClient
-from real_robot.control import LoopConfig, run_episode
-from real_robot.localhost import ServerProcess
-from real_robot.operators import ScriptedOperator
-from real_robot.recording import SessionInfo, SessionRecorder, merge_session, session_episodes
-from real_robot.robot import EE_POSE
-from real_robot.safety import Intervention, SafetyLayer, SafetyLimits
-from real_robot.session import make_labeler, run_session
-from real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 TASK = "metaworld/reach"
-TARGET_STREAM = 2  # sim_tasks.STREAM_TARGET: demo layouts differ from evaluation layouts
+TARGET_STREAM = 2  # datamil.sim_tasks.STREAM_TARGET: demo layouts differ from evaluation layouts
 N_DEMOS = 5
 
 

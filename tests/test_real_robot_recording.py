@@ -1,6 +1,6 @@
 """Sessions are never lost: episodes land atomically one by one; crashes leave a marked partial episode.
 
-The last test kills `python -m real_robot.teleop` (scripted operator on SimArm) with SIGKILL mid-episode.
+The last test kills `python -m datamil.real_robot.teleop` (scripted operator on SimArm) with SIGKILL mid-episode.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 
 from datamil.data.rlds import read_rlds
-from real_robot.control import LoopConfig, run_episode
-from real_robot.localhost import REPO
-from real_robot.operators import ScriptedOperator
-from real_robot.recording import SessionInfo, SessionRecorder, recover, session_episodes
-from real_robot.safety import SafetyLayer, SafetyLimits
-from real_robot.session import make_labeler, run_session
-from real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
+from datamil.real_robot.control import LoopConfig, run_episode
+from datamil.real_robot.operators import ScriptedOperator
+from datamil.real_robot.recording import SessionInfo, SessionRecorder, recover, session_episodes
+from datamil.real_robot.safety import SafetyLayer, SafetyLimits
+from datamil.real_robot.session import make_labeler, run_session
+from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -91,11 +90,11 @@ def _episode_dirs(root) -> list[str]:
 
 def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
     root = tmp_path / "session"
-    command = [sys.executable, "-m", "real_robot.teleop", "operator.name=scripted", f"task={TASK}", "key_input=none",
+    command = [sys.executable, "-m", "datamil.real_robot.teleop", "operator.name=scripted", f"task={TASK}", "key_input=none",
                "label=sim", "episodes=50", "control.rate_hz=100", "control.max_steps=60", f"recording.root={root}",
                "recording.fsync_every=1"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     try:

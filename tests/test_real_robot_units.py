@@ -1,4 +1,4 @@
-"""real_robot pieces on their own: wire format, safety layer, chunking, SimArm, teleop keys, configs.
+"""datamil.real_robot pieces on their own: wire format, safety layer, chunking, SimArm, teleop keys, configs.
 
 Everything runs for real (MuJoCo SimArm, Hydra config composition); no server process here.
 """
@@ -11,21 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datamil.cli import CONFIG_DIR
 from datamil.errors import DatamilError
-from real_robot.chunking import ChunkExecutor, TemporalEnsembler
-from real_robot.control import LoopConfig, run_episode
-from real_robot.keys import KeyEvents
-from real_robot.operators import KeyboardOperator, ScriptedOperator
-from real_robot.robot import EE_POSE, ActionSpace
-from real_robot.safety import JOINTS, Intervention, SafetyLayer, SafetyLimits, Watchdog
-from real_robot.sim_arm import SIM_ACTION_SPACE, SimArm, from_common, to_common
-from real_robot.wire import pack, unpack
+from datamil.real_robot.chunking import ChunkExecutor, TemporalEnsembler
+from datamil.real_robot.control import LoopConfig, run_episode
+from datamil.real_robot.keys import KeyEvents
+from datamil.real_robot.operators import KeyboardOperator, ScriptedOperator
+from datamil.real_robot.robot import EE_POSE, ActionSpace
+from datamil.real_robot.safety import JOINTS, Intervention, SafetyLayer, SafetyLimits, Watchdog
+from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm, from_common, to_common
+from datamil.real_robot.wire import pack, unpack
 
 TASK = "metaworld/reach"
 SIM_LIMITS = SafetyLimits(
     workspace_low=(-0.45, 0.38, 0.05), workspace_high=(0.45, 0.95, 0.45), gripper_range=(-1.0, 1.0)
 )
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(CONFIG_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +204,7 @@ def test_dry_run_sends_nothing(arm, capsys):
 def test_operator_stop_key_ends_the_episode(arm):
     arm.home()
     keys, stop = KeyEvents("none"), threading.Event()
-    from real_robot.keys import install_stop
+    from datamil.real_robot.keys import install_stop
 
     install_stop(stop, keys)
     timer = threading.Timer(0.2, keys.press, args=("q",))
@@ -234,7 +235,7 @@ def test_keyboard_teleop_maps_keys_to_actions():
 def test_every_robot_config_loads_and_validates_without_hardware(entry, robot):
     from hydra import compose, initialize_config_dir
 
-    from real_robot.build import build_loop, build_robot, build_safety
+    from datamil.real_robot.build import build_loop, build_robot, build_safety
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         cfg = compose(
@@ -311,7 +312,7 @@ def fake_rtde(monkeypatch) -> FakeController:
 
 
 def test_ur_gripper_is_a_digital_output_read_back_from_the_controller(monkeypatch):
-    from real_robot.drivers.ur import URArm
+    from datamil.real_robot.drivers.ur import URArm
 
     ctrl = fake_rtde(monkeypatch)
     arm = URArm("192.168.1.10", gripper_output=3)
@@ -327,7 +328,7 @@ def test_ur_gripper_is_a_digital_output_read_back_from_the_controller(monkeypatc
 
 
 def test_ur_without_a_gripper_drives_no_output_and_reports_a_constant(monkeypatch):
-    from real_robot.drivers.ur import URArm
+    from datamil.real_robot.drivers.ur import URArm
 
     ctrl = fake_rtde(monkeypatch)
     arm = URArm("192.168.1.10")

@@ -1,5 +1,6 @@
 """Proxy seeds fanned out over jobs (`score_only=true`, one per seed) and gathered (`gather=true`) give the
-selection one process writes; a gather refuses missing or foreign score files with one line."""
+selection one process writes, also when the jobs run on a local Ray; a gather refuses missing or foreign
+score files with one line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TINY_DATA, TINY_TASK
+from local_ray import local_ray, needs_ray, ray_env
 from omegaconf import OmegaConf
 
 from datamil.errors import DatamilError
@@ -122,3 +124,30 @@ def test_fan_out_settings_that_cannot_work_are_refused(overrides, match):
     with pytest.raises(DatamilError, match=match):
         check_fan_out(cfg)
     check_fan_out(OmegaConf.create({"score_only": False, "gather": False, "run_dir": None, "selection": {}}))
+
+
+@pytest.mark.slow
+@needs_ray
+def test_two_seed_jobs_on_a_local_ray_gather_to_the_single_process(tiny_task_data, cli_env, tmp_path):
+    """The fan-out as docs/scale_out.md launches it: one `-m` sweep, one Ray task per proxy seed, on a Ray of
+    2 CPUs on 127.0.0.1 that the sweep starts and stops; the gather writes the single process's selection."""
+    env = ray_env(cli_env)
+    single = select("n_proxy_seeds=2", env=env, hydra_dir=tmp_path / "single")
+    assert single.returncode == 0, single.stderr[-2000:]
+    shared = tmp_path / "shared"
+    with local_ray() as ray:
+        command = [
+            sys.executable, "-m", "datamil.select", "-m", *TINY, "seed=0,1", "score_only=true",
+            f"run_dir={shared}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *ray,
+        ]  # fmt: skip
+        sweep = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in sweep.stdout + sweep.stderr
+    assert sorted(p.name for p in (shared / "scores").glob("seed*.npz")) == ["seed0.npz", "seed1.npz"]
+    gathered = select(
+        "n_proxy_seeds=2", "gather=true", f"run_dir={shared}", env=env, hydra_dir=tmp_path / "gather"
+    )
+    assert gathered.returncode == 0, gathered.stderr[-2000:]
+    one = json.loads((tmp_path / "single" / "selection.json").read_text())
+    fanned = json.loads((shared / "selection.json").read_text())
+    assert fanned["scores"] == one["scores"] and fanned["selected"] == one["selected"]

@@ -82,9 +82,9 @@ def test_iterative_prune_drops_bad_and_readmits_good():
     assert 19 not in selected and 18 not in selected and 0 in selected
     assert np.all(np.isfinite(last))
     with pytest.raises(DatamilError):
-        iterative_prune(score_fn, 20, drop_percentile=10, readmit_percentile=50)
+        iterative_prune(score_fn, 20, rounds=3, drop_percentile=10, readmit_percentile=50)
     with pytest.raises(DatamilError, match="shape"):
-        iterative_prune(lambda a: np.zeros(3), 20)
+        iterative_prune(lambda a: np.zeros(3), 20, 3, 80.0, 20.0)
 
 
 def test_selection_file_round_trip(tmp_path):

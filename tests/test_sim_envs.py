@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from datamil.errors import UnknownNameError
-from sim_tasks import STREAM_EVAL, STREAM_PRIOR, make_env, make_expert, task_names
+from datamil.sim_tasks import STREAM_EVAL, STREAM_PRIOR, make_env, make_expert, task_names
 
 pytestmark = pytest.mark.sim
 

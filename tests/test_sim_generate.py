@@ -7,7 +7,7 @@ import pytest
 
 from datamil.data.schema import OBS_STATE, Episode
 from datamil.errors import DatamilError
-from sim_tasks.generate import generate_episodes, generate_target_demos, split_target
+from datamil.sim_tasks.generate import generate_episodes, generate_target_demos, split_target
 
 pytestmark = pytest.mark.sim
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from datamil.errors import DatamilError
-from sim_tasks.rollout import EvalResult, evaluate_policy, expert_act_fn, measure_env_speed, wilson_interval
+from datamil.sim_tasks.rollout import (
+    EvalResult,
+    evaluate_policy,
+    expert_act_fn,
+    measure_env_speed,
+    wilson_interval,
+)
 
 pytestmark = pytest.mark.sim
 

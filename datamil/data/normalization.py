@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+from datamil.errors import DataError
 
 _EPS = 1e-6
 
@@ -56,3 +60,132 @@ class NormStats:
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
         return cls(**{k: (np.asarray(v, np.float64) if k != "count" else int(v)) for k, v in d.items()})
+
+
+# ---------------------------------------------------------------- the data pipeline's normalization
+# Datasets in a mixture act in their own units (OXE end-effector deltas in metres, joint velocities,
+# MetaWorld's [-1, 1] box), so a policy trained on raw actions sees one dimension dominate its loss and the
+# datamodel surrogate with it. Each dataset's actions (and states) are therefore mapped by that dataset's
+# own statistics into one normalized space before training and scoring, and a policy's outputs are mapped
+# back by the target's statistics when it acts. MetaWorld data already lives in [-1, 1]: its configs use
+# `none`, which leaves every array untouched (bit-identical results).
+NORMALIZATION_MODES = ("none", "q01_q99", "mean_std")
+NORMALIZED_KEYS = ("action", "obs/state")  # store arrays the pipeline normalizes (when present)
+
+
+def check_mode(mode: str) -> str:
+    """`mode`, or a one-line error naming the valid modes."""
+    if mode not in NORMALIZATION_MODES:
+        raise DataError(
+            f"unknown normalization {mode!r}; set data.normalization to one of {list(NORMALIZATION_MODES)}"
+        )
+    return mode
+
+
+def _spread(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(span, varies): a dimension whose statistics have no spread (a constant, e.g. a padded rotation) is
+    not scaled; it maps to 0, so a constant dimension of one dataset does not read as an extreme of another."""
+    span = np.asarray(high, np.float64) - np.asarray(low, np.float64)
+    varies = span > _EPS
+    return np.where(varies, span, 1.0), varies
+
+
+def normalize_array(x: np.ndarray, stats: NormStats, mode: str) -> np.ndarray:
+    """(N, D) raw values -> normalized float32.
+
+    q01_q99: [q01, q99] -> [-1, 1], clipped there (the outer 2% are outliers, and every policy head
+    squashes to [-1, 1]). mean_std: (x - mean) / std, unbounded. none: unchanged (the same array).
+    """
+    if check_mode(mode) == "none":
+        return x
+    x = np.asarray(x, np.float64)
+    if mode == "q01_q99":
+        span, varies = _spread(stats.q01, stats.q99)
+        y = np.where(varies, np.clip(2 * (x - stats.q01) / span - 1, -1, 1), 0.0)
+    else:
+        std, varies = _spread(np.zeros_like(stats.std), stats.std)
+        y = np.where(varies, (x - stats.mean) / std, 0.0)
+    return y.astype(np.float32)
+
+
+def unnormalize_array(y: np.ndarray, stats: NormStats, mode: str) -> np.ndarray:
+    """Inverse of `normalize_array` (up to the clipping): normalized values -> raw units, float32."""
+    if check_mode(mode) == "none":
+        return y
+    y = np.asarray(y, np.float64)
+    if mode == "q01_q99":
+        span, varies = _spread(stats.q01, stats.q99)
+        x = np.where(varies, (y + 1) / 2 * span + stats.q01, stats.q01)
+    else:
+        std, varies = _spread(np.zeros_like(stats.std), stats.std)
+        x = np.where(varies, y * std + stats.mean, stats.mean)
+    return x.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ActingNormalization:
+    """What a trained policy needs to act in the target's raw units: the target's statistics and the mode.
+
+    Saved in the policy checkpoint; `observations` normalizes the raw state the robot or simulator reports
+    and `actions` maps the policy's normalized output back to raw units.
+    """
+
+    mode: str
+    action: NormStats
+    state: NormStats | None = None
+
+    def observations(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw observations {"state": (B, D), "image_*": ...} -> the ones the policy was trained on."""
+        if self.state is None or "state" not in obs:
+            return obs
+        return {**obs, "state": normalize_array(np.asarray(obs["state"]), self.state, self.mode)}
+
+    def actions(self, actions: np.ndarray) -> np.ndarray:
+        """(B, A) or (B, H, A) normalized actions -> raw units."""
+        return unnormalize_array(np.asarray(actions), self.action, self.mode)
+
+    def to_dict(self) -> dict:
+        state = None if self.state is None else self.state.to_dict()
+        return {"mode": self.mode, "action": self.action.to_dict(), "state": state}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ActingNormalization:
+        state = None if d.get("state") is None else NormStats.from_dict(d["state"])
+        return cls(check_mode(d["mode"]), NormStats.from_dict(d["action"]), state)
+
+
+def group_stats(store: Any, groups: Sequence[str] | None = None) -> dict[str, dict[str, NormStats]]:
+    """{group: {array name: NormStats}} of the normalized arrays, over each group's steps.
+
+    groups: one label per episode (a mixture prior's source dataset); None = the whole store is one group,
+    labelled "" (a single prior, or the target).
+    """
+    labels = np.asarray([""] * store.n_episodes if groups is None else list(groups))
+    out: dict[str, dict[str, NormStats]] = {}
+    for label in sorted(set(labels.tolist())):
+        steps = store.step_indices(np.flatnonzero(labels == label))
+        out[label] = {k: NormStats.of(store.arrays[k][steps]) for k in NORMALIZED_KEYS if k in store.arrays}
+    return out
+
+
+def normalize_store(
+    store: Any, mode: str, stats: dict[str, dict[str, NormStats]], groups: Sequence[str] | None = None
+) -> Any:
+    """A store whose actions (and states) are normalized group by group with `stats` (see group_stats).
+
+    Images and every other array are shared with `store`, not copied; `mode="none"` returns `store` itself.
+    """
+    if check_mode(mode) == "none":
+        return store
+    labels = np.asarray([""] * store.n_episodes if groups is None else list(groups))
+    arrays = dict(store.arrays)
+    for key in NORMALIZED_KEYS:
+        if key not in arrays:
+            continue
+        out = np.empty(arrays[key].shape, np.float32)
+        for label in sorted(set(labels.tolist())):
+            per_key = stats[label]
+            steps = store.step_indices(np.flatnonzero(labels == label))
+            out[steps] = normalize_array(np.asarray(arrays[key][steps]), per_key[key], mode)
+        arrays[key] = out
+    return type(store)(arrays, store.offsets, store.episodes)

@@ -371,7 +371,7 @@ register(DATAMIL)(
     )
 )
 
-# MetaWorld (sim_tasks): 39-d state, 4-d action [dx, dy, dz, gripper effort], native.
+# MetaWorld (datamil.sim_tasks): 39-d state, 4-d action [dx, dy, dz, gripper effort], native.
 register("datamil_metaworld")(
     Standardization(
         name="datamil_metaworld",

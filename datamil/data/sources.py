@@ -7,23 +7,29 @@ keyed by everything that determines it, and reused when the same config asks aga
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from datamil.data.mixture import check_labels, common_layout, drop_state, prior_entries, write_mixture
+from datamil.data.normalization import ActingNormalization, check_mode, group_stats, normalize_store
 from datamil.data.oxe_registry import plain
 from datamil.data.schema import Episode
 from datamil.data.splits import split_target
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
-from datamil.registry import Registry
+from datamil.io import file_lock
+from datamil.registry import ConfigRegistry, configured
 
-DATA_SOURCES: Registry[type] = Registry("data source")
+DATA_SOURCES = ConfigRegistry("data source", "data")  # datamil/configs/data/<name>.yaml (_target_: the class)
 CACHE_VERSION = 1
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -32,15 +38,26 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class TaskData:
-    """The three stores of a run. target_val is held out: estimators never train on it."""
+    """The stores of a run. target_val is held out: estimators never train on it.
+
+    normalization: the target's statistics when the pipeline normalized the data (None: raw units), saved
+        with a trained policy so it acts in the target's raw units.
+    prior_weights / robots: a mixture prior's per-dataset sampling weight and robot, keyed by the
+        episodes' `dataset` label (empty for a single prior).
+    """
 
     task: str
     prior: TrajectoryStore
     target_train: TrajectoryStore
     target_val: TrajectoryStore
+    prior_weights: dict[str, float] = field(default_factory=dict)
+    robots: dict[str, str] = field(default_factory=dict)
+    normalization: ActingNormalization | None = None
 
     def summary(self) -> dict:
-        return {
+        """What identifies the data in a score file's fingerprint (the normalization only when there is
+        one, so fingerprints of unnormalized runs stay as they were)."""
+        out = {
             "task": self.task,
             **{
                 f"{name}_{unit}": getattr(getattr(self, name), attr)
@@ -48,6 +65,26 @@ class TaskData:
                 for unit, attr in (("episodes", "n_episodes"), ("steps", "n_steps"))
             },
         }
+        return out if self.normalization is None else {**out, "normalization": self.normalization.mode}
+
+
+def normalize_task_data(data: TaskData, mode: str, prior_groups: Sequence[str] | None = None) -> TaskData:
+    """`data` with actions and states normalized (datamil.data.normalization): the prior by each of its
+    datasets' own statistics (`prior_groups`: one label per episode; None = one dataset), target-train and
+    target-val by target-train's (target-val stays unseen). `mode="none"` returns `data` untouched."""
+    if check_mode(mode) == "none":
+        return data
+    prior_stats = group_stats(data.prior, prior_groups)
+    target_stats = group_stats(data.target_train)
+    normalize = functools.partial(normalize_store, mode=mode, stats=target_stats)
+    acting = ActingNormalization(mode, target_stats[""]["action"], target_stats[""].get("obs/state"))
+    return replace(
+        data,
+        prior=normalize_store(data.prior, mode, prior_stats, prior_groups),
+        target_train=normalize(data.target_train),
+        target_val=normalize(data.target_val),
+        normalization=acting,
+    )
 
 
 def cache_key(config: dict) -> str:
@@ -87,22 +124,27 @@ def cached_store(
     store_dir = directory / "store"
     if (store_dir / "meta.json").is_file():
         return TrajectoryStore.load(store_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-    rlds_dir = write_rlds(
-        make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
-    )
-    return ingest_rlds(rlds_dir, store_dir)
+    with file_lock(directory.parent / f".{directory.name}.lock"):  # parallel jobs build it once
+        if (store_dir / "meta.json").is_file():  # another job built it while this one waited
+            return TrajectoryStore.load(store_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+        rlds_dir = write_rlds(
+            make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
+        )
+        return ingest_rlds(rlds_dir, store_dir)
 
 
-@DATA_SOURCES.register("metaworld")
 @dataclass
 class MetaWorldSource:
     """Self-generated MetaWorld data: a prior of scripted experts (with noise, so successes and failures)
     across many tasks, with some target-task data inside it, plus clean target demos split by seed."""
 
-    prior_tasks: list[str] = field(default_factory=list)  # e.g. [metaworld/reach, push]; empty = whole suite
-    episodes_per_task: int = 10
+    # e.g. [metaworld/reach, push]; empty = whole suite. Default: datamil/configs/data/metaworld.yaml, as below
+    prior_tasks: list[str] = field(
+        default_factory=lambda: list(configured("data", "metaworld")["prior_tasks"])
+    )
+    episodes_per_task: int = configured("data", "metaworld")["episodes_per_task"]
     target_in_prior: bool = True  # the reference prior holds some target-task data too
     noise_levels: tuple[float, ...] = (0.1, 0.5, 1.0)
     max_steps: int = 200  # prior episode length cap
@@ -118,10 +160,11 @@ class MetaWorldSource:
     render_fast: bool = True  # shadows, reflections and skybox off (~9x faster software rendering)
     render_samples: int = 0  # multisample anti-aliasing (MuJoCo's default 4 costs ~3x on software GL)
     image_encoding: str = "png"  # how frames are stored in RLDS: png (lossless) or jpeg
+    normalization: str = "none"  # actions already live in [-1, 1]; q01_q99 | mean_std normalize per dataset
 
-    def camera_config(self):  # -> sim_tasks.render.CameraConfig | None
+    def camera_config(self):  # -> datamil.sim_tasks.render.CameraConfig | None
         """The rendering settings, or None when the data is state-only (no cameras)."""
-        from sim_tasks.render import CameraConfig
+        from datamil.sim_tasks.render import CameraConfig
 
         return CameraConfig.of(self.cameras, self.image_size, self.render_fast, self.render_samples)
 
@@ -131,18 +174,19 @@ class MetaWorldSource:
         return {} if cameras is None else {"images": cameras.to_dict(), "image_encoding": self.image_encoding}
 
     def load(self, task: str) -> TaskData:
-        from sim_tasks.suites import split_task
+        from datamil.sim_tasks.suites import split_task
 
         split_task(task)  # an unknown task fails here, listing the valid names
+        check_mode(self.normalization)
         root = Path(self.cache_dir) if self.cache_dir else default_cache_dir()
         prior = self._prior(task, root)
         target = self._target(task, root)
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        return normalize_task_data(TaskData(task, prior, target_train, target_val), self.normalization)
 
     def prior_task_list(self, task: str) -> list[str]:
         """The prior's tasks: `prior_tasks` (default: every task of the target's suite), target in or out."""
-        from sim_tasks.suites import split_task, task_names
+        from datamil.sim_tasks.suites import split_task, task_names
 
         suite = task.partition("/")[0]
         tasks = [t if "/" in t else f"{suite}/{t}" for t in self.prior_tasks]
@@ -158,7 +202,7 @@ class MetaWorldSource:
         return tasks
 
     def _prior(self, task: str, root: Path) -> TrajectoryStore:
-        from sim_tasks.generate import generate_episodes
+        from datamil.sim_tasks.generate import generate_episodes
 
         tasks = self.prior_task_list(task)
         config = {
@@ -186,7 +230,7 @@ class MetaWorldSource:
         )
 
     def _target(self, task: str, root: Path) -> TrajectoryStore:
-        from sim_tasks.generate import generate_target_demos
+        from datamil.sim_tasks.generate import generate_target_demos
 
         config = {
             "kind": "target",
@@ -213,7 +257,6 @@ class MetaWorldSource:
         )
 
 
-@DATA_SOURCES.register("rlds")
 @dataclass
 class RLDSSource:
     """Your own data: a prior and target demos as RLDS/TFDS datasets (e.g. an Open X-Embodiment dataset).
@@ -225,9 +268,14 @@ class RLDSSource:
     `prior_image_keys` / `target_image_keys` ({raw camera: our image key}) read other ones.
     """
 
-    prior: str = ""
+    prior: Any = ""  # a dataset (path or name), or a list of entries (datamil.data.mixture.PriorEntry)
     target: str = ""
-    standardization: str | None = None  # OXE registry name; None = infer from the dataset name
+    standardization: str | None = (
+        None  # the single prior's OXE row; None = its own (a list sets it per entry)
+    )
+    target_standardization: str | None = None  # the target's OXE row; None = its own (see _target_reading)
+    target_mapping: dict | None = None  # read the target by config (docs/oxe.md); None = its own entry
+    normalization: str = "q01_q99"  # per-dataset action/state normalization: q01_q99 | mean_std | none
     n_target_val: int = 2
     seed: int = 0
     data_dir: str | None = None
@@ -236,7 +284,7 @@ class RLDSSource:
     prior_image_keys: dict[str, str] | None = None  # e.g. {image_1: image_primary}; None = the registry's
     target_image_keys: dict[str, str] | None = None  # the same for the target demos
     grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
-    mapping: dict | None = None  # read a dataset by config (docs/oxe.md); None = its registry entry
+    mapping: dict | None = None  # read the single prior by config (docs/oxe.md); None = its registry entry
 
     # what the apps say when a required setting is missing (datamil.cli.require_values)
     usage: ClassVar[str] = (
@@ -244,48 +292,116 @@ class RLDSSource:
     )
 
     def load(self, task: str) -> TaskData:
+        check_mode(self.normalization)
         if not self.prior or not self.target:
             raise DataError(self.usage)
         root = (Path(self.cache_dir) if self.cache_dir else default_cache_dir()) / "rlds"
-        prior = self._ingest(self.prior, root, self.max_prior_episodes, self.prior_image_keys)
-        target = self._ingest(self.target, root, None, self.target_image_keys)
-        target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        target, _ = self._ingest(self.target, root, None, self.target_image_keys, *self._target_reading())
+        if isinstance(self.prior, str):
+            prior, _ = self._ingest(
+                self.prior,
+                root,
+                self.max_prior_episodes,
+                self.prior_image_keys,
+                self.standardization,
+                self.mapping,
+            )
+            data = TaskData(task, prior, *split_target(target, self.n_target_val, self.seed))
+            return normalize_task_data(data, self.normalization)
+        prior, entries, note = self._mixture(root, target)
+        if note:
+            logger.warning(note)
+            target = drop_state(target)
+        weights = {label: entry.weight for label, entry in entries.items()}
+        robots = {label: entry.robot for label, entry in entries.items()}
+        data = TaskData(task, prior, *split_target(target, self.n_target_val, self.seed), weights, robots)
+        return normalize_task_data(data, self.normalization, prior.episodes.dataset)
+
+    def _mixture(self, root: Path, target: TrajectoryStore) -> tuple[TrajectoryStore, dict, str | None]:
+        """One store of every `data.prior` entry in a common layout, cached (datamil.data.mixture)."""
+        from datamil.data.rlds import open_builder
+
+        single = {"standardization": self.standardization, "mapping": self.mapping}
+        single |= {"max_prior_episodes": self.max_prior_episodes, "prior_image_keys": self.prior_image_keys}
+        if any(single.values()):
+            set_here = sorted(k for k, v in single.items() if v)
+            raise DataError(f"with a list data.prior, set {set_here} per entry of data.prior (docs/oxe.md)")
+        entries = prior_entries(self.prior)
+        labels = [e.label or open_builder(self._resolved(e.source), self.data_dir).name for e in entries]
+        check_labels(labels)
+        stores, dirs = {}, {}
+        for label, e in zip(labels, entries, strict=True):
+            reading = (e.standardization, e.mapping)
+            stores[label], dirs[label] = self._ingest(e.source, root, e.max_episodes, e.image_keys, *reading)
+        layout = common_layout(stores, target)
+        key = cache_key({"mixture": dirs, "keep": sorted(layout.keep), "sizes": layout.sizes})
+        path = root / f"mixture-{key}"
+        prior = (
+            TrajectoryStore.load(path)
+            if (path / "meta.json").is_file()
+            else write_mixture(stores, layout, path)
+        )
+        return prior, dict(zip(labels, entries, strict=True)), layout.note
+
+    def _resolved(self, source: str) -> str:
+        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+
+    def _target_reading(self) -> tuple[str | None, dict | None]:
+        """(standardization, mapping) of the target: its own settings when given; else its own entry (our
+        write_rlds layout or its registry row, read as is); else, for a target the registry does not know,
+        the single prior's, as before they were separate."""
+        from datamil.data.oxe import STANDARDIZATIONS
+        from datamil.data.rlds import is_datamil_layout, open_builder
+
+        if self.target_standardization or self.target_mapping:
+            return self.target_standardization, self.target_mapping
+        builder = open_builder(self._resolved(self.target), self.data_dir)
+        if is_datamil_layout(builder.info.features) or builder.name in STANDARDIZATIONS:
+            return None, None
+        return (self.standardization, self.mapping) if isinstance(self.prior, str) else (None, None)
 
     def _ingest(
-        self, source: str, root: Path, max_episodes: int | None, image_keys: dict[str, str] | None
-    ) -> TrajectoryStore:
+        self,
+        source: str,
+        root: Path,
+        max_episodes: int | None,
+        image_keys: dict[str, str] | None,
+        standardization: str | None,
+        mapping: dict | None,
+    ) -> tuple[TrajectoryStore, Path]:
+        """The dataset's store (converted once, cached by everything that determines it) and its path."""
         from datamil.data.rlds import ingest_rlds
 
-        resolved = str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-        config = {"source": resolved, "standardization": self.standardization, "max_episodes": max_episodes}
+        resolved = self._resolved(source)
+        config = {"source": resolved, "standardization": standardization, "max_episodes": max_episodes}
         image_keys = dict(image_keys) if image_keys else None
         # only when set, so the caches of registry-camera, RGB data keep their keys
         config.update({"image_keys": image_keys} if image_keys else {})
         config.update({"grayscale_to_rgb": True} if self.grayscale_to_rgb else {})
-        config.update({"mapping": plain(self.mapping)} if self.mapping else {})
+        config.update({"mapping": plain(mapping)} if mapping else {})
         files = files_fingerprint(self._local_dir(resolved))
         config.update({"files": files} if files else {})  # local data: a re-written dataset is re-converted
         store_dir = root / f"{Path(source).name}-{cache_key(config)}"
         if (store_dir / "meta.json").is_file():
-            return TrajectoryStore.load(store_dir)
-        return ingest_rlds(
+            return TrajectoryStore.load(store_dir), store_dir
+        store = ingest_rlds(
             resolved,
             store_dir,
-            standardization=self._standardization(resolved),
+            standardization=self._standardization(resolved, standardization, mapping),
             data_dir=self.data_dir,
             max_episodes=max_episodes,
             image_keys=image_keys,
             grayscale_to_rgb=self.grayscale_to_rgb,
         )
+        return store, store_dir
 
     def _local_dir(self, source: str) -> Path | None:
         """The dataset's directory on this machine (a path, or a name under a local data_dir), else None."""
         candidates = [Path(source)] + ([Path(self.data_dir) / source] if self.data_dir else [])
         return next((path for path in candidates if path.is_dir()), None)
 
-    def _standardization(self, source: str) -> Any:
-        """The entry to read `source` with: `standardization` and `mapping` applied to its registry row.
+    def _standardization(self, source: str, name: str | None, mapping: dict | None) -> Any:
+        """The entry to read `source` with: `name` and `mapping` applied to its registry row.
 
         Datasets in our own layout (write_rlds) describe themselves and ignore `mapping`; an unknown
         dataset without a mapping fails here, saying how to map it by config.
@@ -295,13 +411,10 @@ class RLDSSource:
 
         builder = open_builder(source, self.data_dir)
         if is_datamil_layout(builder.info.features):
-            return self.standardization
-        return configured_standardization(
-            builder.name, builder.info.features, self.standardization, self.mapping
-        )
+            return name
+        return configured_standardization(builder.name, builder.info.features, name, mapping)
 
 
-@DATA_SOURCES.register("robomimic")
 @dataclass
 class RobomimicSource:
     """robomimic hdf5 files as prior and target; `state_keys` are concatenated into the state vector."""
@@ -316,6 +429,7 @@ class RobomimicSource:
     target_filter_key: str | None = None
     n_target_val: int = 2
     seed: int = 0
+    normalization: str = "none"  # robomimic's delta actions live in [-1, 1]; q01_q99 | mean_std normalize
 
     usage: ClassVar[str] = "data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>"
 
@@ -329,7 +443,7 @@ class RobomimicSource:
             for path, key in ((self.prior, self.prior_filter_key), (self.target, self.target_filter_key))
         )
         target_train, target_val = split_target(target, self.n_target_val, self.seed)
-        return TaskData(task, prior, target_train, target_val)
+        return normalize_task_data(TaskData(task, prior, target_train, target_val), self.normalization)
 
 
 def source_config(source: object) -> dict:

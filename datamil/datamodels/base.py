@@ -7,8 +7,10 @@ An estimator maps (policy, prior/train store, target-val store, seed) to one sco
 Sign convention: NEGATIVE = including sample i LOWERS the surrogate S = helpful. A subset's predicted
 surrogate is const + sum_{i in subset} scores[i], which is what the LDS check correlates with the truth.
 
-Every estimator module defines `run_<name>(...) -> EstimateResult` (scores + cost split, registered in
-ESTIMATORS under the Hydra option name) and `estimate_<name>(...) -> np.ndarray` (the Hydra target).
+Every estimator module defines `run_<name>(...) -> EstimateResult` (scores + cost split) and
+`estimate_<name> = scores_only(run_<name>)` (-> np.ndarray), the `_target_` of datamil/configs/estimator/<name>.yaml.
+That config file is the registration: ESTIMATORS lists the group and maps each name to `estimate.run`.
+Its settings are the defaults of the run function (`configured("estimator", name)`), nowhere else.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.surrogate import Surrogate, TrainPool, build_pool, check_policy
 from datamil.errors import DatamilError
-from datamil.registry import Registry
+from datamil.registry import ConfigRegistry
 
 
 @dataclass
@@ -42,7 +44,7 @@ class EstimateResult:
 
 
 RunFn = Callable[..., EstimateResult]
-ESTIMATORS: Registry[RunFn] = Registry("estimator")
+ESTIMATORS = ConfigRegistry("estimator", "estimator", resolve=lambda estimate: estimate.run)
 
 
 def prepare(
@@ -100,9 +102,10 @@ def scores_only(run: RunFn) -> Callable[..., np.ndarray]:
         return run(*args, **kwargs).scores
 
     estimate.__doc__ = f"(N_train_steps,) scores of {run.__name__}; see its docstring."
+    estimate.run = run  # type: ignore[attr-defined]  (what ESTIMATORS returns for the config's name)
     return estimate
 
 
 def get_estimator(name: str) -> RunFn:
-    """The registered run function; importing datamil.datamodels registers all built-in estimators."""
+    """The run function of datamil/configs/estimator/<name>.yaml."""
     return ESTIMATORS.get(name)

@@ -34,7 +34,8 @@ from datamil.device import module_device, tree_to
 from datamil.errors import DatamilError
 from datamil.io import atomic_dir, atomic_torch_save
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
-from datamil.policies.vision import OBS_PREFIX, conform_store
+from datamil.policies.vision import OBS_PREFIX, VisionPolicy, conform_store
+from datamil.registry import configured
 from datamil.training import OptimConfig, train
 
 FEATURES_FILE = "features.npy"
@@ -215,19 +216,22 @@ def frozen_feature_stores(
     return out[0], out[1], out[2], timings
 
 
-@ESTIMATORS.register("image")
+# datamil/configs/estimator/image.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "image")
+
+
 def run_image(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    mode: str = "frozen",
-    estimator: str = "metagrad",
-    estimator_kwargs: dict[str, Any] | None = None,
-    fit: FitConfig | None = None,
-    cache_dir: str | Path | None = None,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    mode: str = DEFAULTS["mode"],
+    estimator: str = DEFAULTS["estimator"],
+    estimator_kwargs: dict[str, Any] | None = DEFAULTS["estimator_kwargs"],
+    fit: FitConfig = DEFAULTS["fit"],
+    cache_dir: str | Path | None = DEFAULTS["cache_dir"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """Scores of every prior step for an image policy (negative = helpful); see the module docstring.
@@ -235,15 +239,13 @@ def run_image(
     mode: "frozen" (estimator = any registered estimator, run on the head over cached features) or
     "end_to_end" (estimator = "metagrad" or "truncated", through the conv net).
     """
-    if not hasattr(policy, "encoder") or not hasattr(policy, "head"):
+    if not isinstance(policy, VisionPolicy):
         raise DatamilError(
             f"estimator=image needs an image policy (policy=bc_image), got {type(policy).__name__}"
         )
     stores = {"prior": train_store, "target_val": target_val_store, "target_train": target_train_store}
-    if hasattr(policy, "check_data"):
-        policy.check_data(stores)  # a missing camera or a size clash fails before any fit
+    policy.check_data(stores)  # a missing camera or a size clash fails before any fit
     kwargs = dict(estimator_kwargs or {})
-    proxy = proxy or ProxyConfig()
     if mode == "end_to_end":
         return _end_to_end(
             policy,
@@ -262,7 +264,7 @@ def run_image(
 
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "image_features"
     prior, val, target, timings = frozen_feature_stores(
-        policy, train_store, target_val_store, target_train_store, fit or FitConfig(), root
+        policy, train_store, target_val_store, target_train_store, fit, root
     )
     head = policy.head
     result = ESTIMATORS.get(estimator)(

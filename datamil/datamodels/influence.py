@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, initial_state, run_steps
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
+from datamil.registry import configured
 from datamil.training import OptState, lr_at
 
 
@@ -75,23 +76,26 @@ def checkpoint_dots(
     return out
 
 
-@ESTIMATORS.register("influence")
+# datamil/configs/estimator/influence.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "influence")
+
+
 def run_influence(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    n_checkpoints: int = 4,
-    precondition: bool = True,
-    projection_dim: int | None = None,
-    chunk_size: int = 256,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    n_checkpoints: int = DEFAULTS["n_checkpoints"],
+    precondition: bool = DEFAULTS["precondition"],
+    projection_dim: int | None = DEFAULTS["projection_dim"],
+    chunk_size: int = DEFAULTS["chunk_size"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """TracIn scores of eq. (tracin) (negative = helpful) from `n_checkpoints` checkpoints of one proxy run."""
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = proxy or ProxyConfig(), {}
+    cfg, timings = proxy, {}
     bounds = np.linspace(0, cfg.steps, max(1, n_checkpoints) + 1).round().astype(int)
     total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     z, done, proj = initial_state(policy, rng_seed), 0, None

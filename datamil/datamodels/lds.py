@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import bootstrap, spearmanr
 
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, prepare
@@ -54,13 +54,23 @@ def predicted_surrogates(scores: np.ndarray, store: TrajectoryStore, masks: np.n
 def spearman_interval(
     pred: np.ndarray, true: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(rho, low, high): Spearman correlation and its percentile bootstrap interval over the pairs."""
+    """(rho, low, high): Spearman correlation and its percentile bootstrap interval over the pairs.
+
+    scipy.stats.bootstrap draws the paired resamples; the percentiles are taken over the finite ones,
+    because a resample can be constant (its Spearman is NaN), where scipy's own interval would be NaN."""
     rho = float(spearmanr(pred, true).statistic)
-    rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():  # a resample can be constant; its NaN is skipped by nanquantile
+    with warnings.catch_warnings():  # constant resamples warn; they are skipped below
         warnings.simplefilter("ignore")
-        draws = (rng.integers(0, len(pred), len(pred)) for _ in range(n_boot))
-        boots = [spearmanr(pred[i], true[i]).statistic for i in draws]
+        boots = bootstrap(
+            (pred, true),
+            lambda x, y: spearmanr(x, y).statistic,
+            paired=True,
+            vectorized=False,
+            n_resamples=n_boot,
+            confidence_level=level,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        ).bootstrap_distribution
     low, high = np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return rho, float(low), float(high)
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
@@ -63,6 +63,7 @@ from datamil.datamodels.surrogate import (
 )
 from datamil.errors import DatamilError
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
+from datamil.registry import configured
 from datamil.training import OptState, adamw_step, weighted_loss
 
 logger = logging.getLogger(__name__)
@@ -290,24 +291,27 @@ def metagradient(
     return EstimateResult(scores, timings, info)
 
 
-@ESTIMATORS.register("metagrad")
+# datamil/configs/estimator/metagrad.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "metagrad")
+
+
 def run_metagrad(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    checkpoint_every: int = 500,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    checkpoint_every: int = DEFAULTS["checkpoint_every"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
-    reverse: str = "autograd",
+    reverse: str = DEFAULTS["reverse"],
     expectation_points: int = 0,
     steps_per_trajectory: int | None = 8,
 ) -> EstimateResult:
     """Exact metagradient scores of every prior step (negative = helpful), or with `expectation_points` > 0
     their expectation over batch orders; see the module docstring."""
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg = proxy or ProxyConfig()
+    cfg = proxy
     if not expectation_points:  # the expectation injects every trajectory whatever the run draws
         warn_if_sparse(cfg, pool)
     result = metagradient(

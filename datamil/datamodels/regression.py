@@ -27,12 +27,13 @@ import numpy as np
 from sklearn.linear_model import LassoCV, RidgeCV
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, ensemble_surrogates_on_subsets, random_masks, subset_rows
 from datamil.datamodels.surrogate import Surrogate, TrainPool
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
 from datamil.policies.base import Policy
+from datamil.registry import configured
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,21 @@ def datamodel_result(
     return EstimateResult(scores, timings, info)
 
 
-@ESTIMATORS.register("regression")
+# datamil/configs/estimator/regression.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "regression")
+
+
 def run_regression(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    n_models: int = 64,
-    alpha: float = 0.5,
-    model: str = "ridge",
-    chunk: int = 32,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    n_models: int = DEFAULTS["n_models"],
+    alpha: float = DEFAULTS["alpha"],
+    model: str = DEFAULTS["model"],
+    chunk: int = DEFAULTS["chunk"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """Regression datamodel scores (negative = helpful), per trajectory spread evenly over its steps.
@@ -136,9 +140,7 @@ def run_regression(
     The M proxies share initialization and seed (they differ only in data) and train `chunk` at a time
     as one vmapped ensemble.
     """
-    spec = RegressionSpec(
-        rng_seed, proxy or ProxyConfig(), n_models, alpha, model, chunk, include_target_train
-    )
+    spec = RegressionSpec(rng_seed, proxy, n_models, alpha, model, chunk, include_target_train)
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
     masks, timings = spec.masks(train_store.n_episodes), {}
     with timed(timings, "train_models"):

@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, train_proxy
 from datamil.datamodels.surrogate import TrainPool, sampled_rows, spread_to_steps, take
 from datamil.errors import DatamilError
 from datamil.policies.base import Batch, Policy
+from datamil.registry import configured
 
 
 def loss_output(policy: Policy, keys: list[str]):
@@ -94,18 +95,21 @@ def trak_scores(
     return -tau.mean(axis=1)
 
 
-@ESTIMATORS.register("trak")
+# datamil/configs/estimator/trak.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "trak")
+
+
 def run_trak(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    n_models: int = 1,
-    proj_dim: int = 512,
-    steps_per_trajectory: int | None = None,
-    chunk_size: int = 256,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    n_models: int = DEFAULTS["n_models"],
+    proj_dim: int = DEFAULTS["proj_dim"],
+    steps_per_trajectory: int | None = DEFAULTS["steps_per_trajectory"],
+    chunk_size: int = DEFAULTS["chunk_size"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """TRAK scores of every prior step (negative = helpful) from `n_models` proxies of seeds rng_seed, ..."""
@@ -114,7 +118,7 @@ def run_trak(
     except ImportError as err:
         raise DatamilError("estimator=trak needs the traker package: pip install 'datamil[trak]'") from err
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = proxy or ProxyConfig(), {}
+    cfg, timings = proxy, {}
     with timed(timings, "train"):
         models = [train_proxy(policy, pool, cfg, rng_seed + m) for m in range(n_models)]
     with timed(timings, "featurize_and_score"):

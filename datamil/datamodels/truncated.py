@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.metagrad import pull_back, record_segment
 from datamil.datamodels.proxy import (
     ProxyConfig,
@@ -33,6 +33,7 @@ from datamil.datamodels.proxy import (
 )
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy
+from datamil.registry import configured
 from datamil.training import OptState, adamw_step, weighted_loss
 
 
@@ -82,18 +83,21 @@ def truncated_scores(
     return loss_directional_derivatives(policy, pool, theta_star, g_bar, chunk_size) / cfg.batch_size
 
 
-@ESTIMATORS.register("truncated")
+# datamil/configs/estimator/truncated.yaml is the only source of these defaults
+DEFAULTS = configured("estimator", "truncated")
+
+
 def run_truncated(
     policy: Policy,
     train_store: TrajectoryStore,
     target_val_store: TrajectoryStore,
     rng_seed: int = 0,
-    proxy: ProxyConfig | None = None,
-    window: int = 50,
-    n_runs: int = 1,
-    subset_fraction: float = 0.5,
-    chunk_size: int = 2048,
-    include_target_train: bool = False,
+    proxy: ProxyConfig = DEFAULTS["proxy"],
+    window: int = DEFAULTS["window"],
+    n_runs: int = DEFAULTS["n_runs"],
+    subset_fraction: float = DEFAULTS["subset_fraction"],
+    chunk_size: int = DEFAULTS["chunk_size"],
+    include_target_train: bool = DEFAULTS["include_target_train"],
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """Truncated-window metagradient scores (negative = helpful), averaged over `n_runs` runs.
@@ -102,7 +106,7 @@ def run_truncated(
     trajectories (seeded by (rng_seed, r)) and injects every candidate in every run.
     """
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = proxy or ProxyConfig(), {}
+    cfg, timings = proxy, {}
     total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     with timed(timings, "total"):
         for r in range(n_runs):

@@ -1,6 +1,8 @@
-"""Policies register under the same short name as their Hydra option (`policy=bc_mlp`)."""
+"""Policies: the Policy base (per-sample loss, act, named optional capabilities), the built-in policies,
+and `build_policy` (a config's factory sized to the data). A policy registers by its config file,
+datamil/configs/policy/<name>.yaml with `_target_: <its class>`; POLICIES is derived from that group."""
 
-from datamil.policies import diffusion, gaussian, mlp, vision  # noqa: F401  (registers)
 from datamil.policies.base import POLICIES, Batch, Params, Policy
+from datamil.policies.build import PolicyFactory, build_policy, reads_state
 
-__all__ = ["POLICIES", "Batch", "Params", "Policy"]
+__all__ = ["POLICIES", "Batch", "Params", "Policy", "PolicyFactory", "build_policy", "reads_state"]

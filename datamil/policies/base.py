@@ -1,8 +1,8 @@
 """The Policy interface: one per-sample loss that training weights, the surrogate averages, and
 every datamodel estimator differentiates. One definition, three uses.
 
-Batches are dicts of tensors keyed like the store: "obs/<key>" (B, ...), "action" (B, A) in raw
-(unnormalized) units, and "index" (B,) global step ids (used to draw per-sample noise deterministically).
+Batches are dicts of tensors keyed like the store: "obs/<key>" (B, ...), "action" (B, A) in the units
+of the store (normalized by the data pipeline when `data.normalization` is set, else raw), and "index" (B,) global step ids (used to draw per-sample noise deterministically).
 Parameters are passed explicitly (a dict name -> tensor) so that `torch.func` can differentiate and
 vmap through them; `params()` gives the module's current ones.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -21,11 +23,12 @@ from torch.func import functional_call
 
 from datamil.data.normalization import NormStats
 from datamil.device import module_device
-from datamil.registry import Registry
+from datamil.registry import ConfigRegistry
 
 ACTION = "action"
 INDEX = "index"
 OBS_STATE_KEY = "obs/state"
+DATA_NORMALIZATION = "data_normalization"  # attribute: the ActingNormalization a policy was trained with
 
 Batch = dict[str, Tensor]
 Params = dict[str, Tensor]
@@ -43,7 +46,7 @@ def unflatten_params(vector: Tensor, like: Params) -> Params:
     return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
 
 
-POLICIES: Registry[type[Policy]] = Registry("policy")
+POLICIES = ConfigRegistry("policy", "policy")  # datamil/configs/policy/<name>.yaml (_target_: the class) registers it
 
 
 class Normalizer(nn.Module):
@@ -66,12 +69,53 @@ class Normalizer(nn.Module):
 class Policy(nn.Module, ABC):
     """A policy whose loss is defined per sample and whose parameters can be passed functionally.
 
+    Required: `loss_fn` and `predict` (the rest of the core, `per_sample_loss`, `act`, `params`, follows).
+    Optional capabilities are declared here with the answer of a policy that lacks them, so callers read
+    them directly instead of probing with getattr; a policy that has one overrides its members:
+
+    - images: `reads_images` (build_policy passes `image_shapes` and accepts state-free data),
+      `image_keys`, `cameras` and `render` (what evaluation renders), `check_data`, `camera_config`.
+    - chunks: `horizon` (actions per prediction; None = one action), `n_action_steps` (executed before
+      re-planning), `reset_sampler` (reseed sampling noise), `extra_batch_arrays` (e.g. action chunks).
+    - normalization: `obs_norm`, the fixed-statistics state normalizer saved with the checkpoint (None
+      when the policy reads no state). Every policy sets it; it is a submodule, so it is not a class default.
+
     `init_kwargs` records the constructor arguments of the outermost class (filled in automatically),
     so a checkpoint can rebuild the policy without knowing its type in advance.
     """
 
     batch_keys: tuple[str, ...] = (OBS_STATE_KEY, ACTION)  # store arrays a training batch needs
     init_kwargs: dict[str, Any]
+    obs_norm: Normalizer | None  # normalization capability (see the class docstring)
+
+    # images capability: absent
+    reads_images: ClassVar[bool] = False
+    image_keys: tuple[str, ...] = ()
+    cameras: Mapping[str, str] = MappingProxyType({})  # observation key -> simulator camera
+    render: Mapping[str, Any] = MappingProxyType({})  # scene flags the data was rendered with
+
+    # chunks capability: absent (one action per prediction)
+    horizon: int | None = None
+    n_action_steps: int = 1
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Which optional capabilities this policy has: a subset of {"images", "chunks", "normalization"}."""
+        has = {"images": bool(self.image_keys), "chunks": self.horizon is not None}
+        has["normalization"] = getattr(self, "obs_norm", None) is not None
+        return frozenset(name for name, present in has.items() if present)
+
+    def check_data(self, stores: Mapping[str, Any]) -> None:
+        """Refuse (one-line DataError) datasets the policy cannot read; name -> TrajectoryStore or None.
+
+        A state policy's state sizes are checked where the stores meet (datamil.cotraining.state_mismatch)."""
+
+    def camera_config(self) -> dict[str, Any] | None:
+        """What evaluation must render for this policy; None = it reads no camera."""
+        return None
+
+    def reset_sampler(self, seed: int) -> None:
+        """Reseed the sampling noise of `predict` for reproducible rollouts; deterministic policies have none."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,12 +155,19 @@ class Policy(nn.Module, ABC):
     def act(self, params: Params | None, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Actions for a batch of raw observations {"state": (B, D), ...}: numpy (B, A) or (B, H, A).
 
-        The observations go to the device of `params` (or of the policy's own parameters)."""
+        The observations go to the device of `params` (or of the policy's own parameters). A policy trained
+        on normalized data (its `data_normalization`, set by co-training and by loading the checkpoint)
+        gets its state normalized and returns actions in the target's raw units."""
         device = module_device(self) if params is None else next(iter(params.values())).device
+        norm = getattr(self, DATA_NORMALIZATION, None)  # set when trained on normalized data (checkpoint)
+        obs = obs if norm is None else norm.observations(obs)
         tensors = {f"obs/{k}": torch.as_tensor(np.asarray(v)).to(device) for k, v in obs.items()}
         if params is None:
-            return self.predict(tensors).cpu().numpy()
-        return functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False).cpu().numpy()
+            actions = self.predict(tensors).cpu().numpy()
+        else:
+            call = functional_call(self, params, (tensors,), {"mode": "predict"}, strict=False)
+            actions = call.cpu().numpy()
+        return actions if norm is None else norm.actions(actions)
 
 
 def _recording_init(init: Any) -> Any:

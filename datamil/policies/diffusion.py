@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from datamil.data.normalization import NormStats
 from datamil.data.sampling import ACTION_CHUNK, ACTION_CHUNK_MASK, action_chunks
 from datamil.errors import DatamilError
-from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import ACTIVATIONS, mlp
 
 _MASK32 = 0xFFFFFFFF
@@ -77,7 +77,6 @@ def timestep_embedding(k: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
-@POLICIES.register("diffusion")
 class DiffusionPolicy(Policy):
     """eps_theta(x_k, k, s): an MLP on [noisy chunk (H*A), normalized state, timestep embedding]."""
 
@@ -131,7 +130,7 @@ class DiffusionPolicy(Policy):
             raise DatamilError(
                 "diffusion batches need 'action_chunk'; build them with datamil.training.gather_batch"
             )
-        x0 = batch[ACTION_CHUNK].float().clamp(-1, 1)
+        x0 = batch[ACTION_CHUNK].float()  # in [-1, 1] (MetaWorld, or data.normalization=q01_q99); not clamped
         b, index = x0.shape[0], batch[INDEX]
         eps = hash_normal(index, self.noise_seed, self.horizon * self.action_dim).view_as(x0)
         u = hash_uniform(index, self.noise_seed, 1, stream=1)[:, 0]

@@ -4,7 +4,9 @@ The per-sample loss is the exact negative log-likelihood of the demo action a in
 a = tanh(u), u ~ N(mu(s), sigma(s)^2), change of variables included:
     -log p(a | s) = -log N(atanh(a); mu, sigma) + sum_d log(1 - a_d^2).
 The Jacobian term does not depend on the parameters, but keeping it makes the loss a true NLL (comparable
-across datasets and finite for every demo action after clipping to (-1 + 1e-4, 1 - 1e-4)).
+across datasets and finite for every demo action after clipping to (-1 + 1e-4, 1 - 1e-4)). That clip is
+the likelihood's domain, not a units fix: actions should already be in [-1, 1] (MetaWorld's box, or
+normalized by `data.normalization=q01_q99`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import torch
 from torch import Tensor
 
 from datamil.data.normalization import NormStats
-from datamil.policies.base import ACTION, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import mlp
 
 ACTION_CLIP = 1.0 - 1e-4  # atanh(1 - 1e-4) ~ 4.95: finite, and the Jacobian term stays bounded
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@POLICIES.register("bc_gaussian")
 class GaussianPolicy(Policy):
     """obs -> (mu, log sigma) by an MLP; act = tanh(mu), the mode of the squashed distribution's core.
 

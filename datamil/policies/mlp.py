@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from datamil.data.normalization import NormStats
-from datamil.policies.base import ACTION, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
+from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -26,12 +26,12 @@ def mlp(sizes: Sequence[int], activation: str = "gelu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@POLICIES.register("bc_mlp")
 class MLPPolicy(Policy):
     """Deterministic BC: action = tanh(MLP(normalized state)); per-sample loss = MSE to the demo action.
 
-    Actions are assumed to live in [-1, 1] (MetaWorld, and the common OXE convention after
-    standardization), so the tanh squash keeps predictions in range and the loss smooth.
+    Predictions live in [-1, 1] (the tanh squash keeps the loss smooth): MetaWorld's action box, and the
+    space `data.normalization=q01_q99` maps every dataset's actions into. Demo actions are not clamped:
+    raw actions outside [-1, 1] are a data problem to fix by normalization, not to hide.
     """
 
     def __init__(
@@ -50,5 +50,5 @@ class MLPPolicy(Policy):
         return torch.tanh(self.net(self.obs_norm(obs[OBS_STATE_KEY].float())))
 
     def loss_fn(self, batch: Batch) -> Tensor:
-        target = batch[ACTION].float().clamp(-1, 1)
+        target = batch[ACTION].float()
         return ((self.predict(batch) - target) ** 2).mean(dim=-1)

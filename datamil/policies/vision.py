@@ -209,18 +209,17 @@ class ObsEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-@POLICIES.register("bc_image")
 class VisionPolicy(Policy):
     """Any head policy (registry name `head`) on ObsEncoder features; see the module docstring.
 
     obs_dim: state dimension (0 = state-free data). image_keys: cameras to read (empty = state only);
-    image_shapes: per-step (H, W, 3) of each camera in the data (supplied by `build_policy`).
+    image_shapes: per-step (H, W, 3) of each camera in the data (supplied by `datamil.policies.build_policy`).
     cameras: observation key -> simulator camera, used only to render the same views at evaluation.
     Extra keyword arguments (hidden, activation, horizon, ...) go to the head.
     """
 
     default_head = "bc_gaussian"
-    reads_images = True  # build_policy passes image_shapes and allows state-free data
+    reads_images = True  # the images capability (datamil.policies.base.Policy): image_shapes from the data
 
     def __init__(
         self,
@@ -322,15 +321,14 @@ class VisionPolicy(Policy):
     @property
     def horizon(self) -> int | None:
         """The head's action-chunk length (diffusion), None for single-step heads."""
-        return getattr(self.head, "horizon", None)
+        return self.head.horizon
 
     @property
     def n_action_steps(self) -> int:
-        return int(getattr(self.head, "n_action_steps", 1))
+        return int(self.head.n_action_steps)
 
     def reset_sampler(self, seed: int) -> None:
-        if hasattr(self.head, "reset_sampler"):
-            self.head.reset_sampler(seed)
+        self.head.reset_sampler(seed)
 
     def extra_batch_arrays(self, store: Any, step_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self.head.extra_batch_arrays(store, step_ids)
@@ -358,7 +356,6 @@ class VisionPolicy(Policy):
             self.train(was_training)
 
 
-@POLICIES.register("diffusion_image")
 class DiffusionImagePolicy(VisionPolicy):
     """The diffusion head (action chunks, DDIM) on image features: `policy=diffusion_image`."""
 

@@ -16,22 +16,25 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from datamil.registry import Registry
+from datamil.registry import Registry, configured
 from datamil.selection.aggregate import AGGREGATIONS
 from datamil.selection.strategies import check_budget, iterative_prune, threshold, top_k
+
+# The method presets are the only source of the defaults below (datamil/configs/method/<name>.yaml).
+_TOPK, _THRESHOLD, _ITERATIVE = (configured("method", name) for name in ("topk", "threshold", "iterative"))
 
 
 @dataclass
 class SelectionConfig:
     """How prior trajectories are chosen. Lower score = more helpful."""
 
-    method: str = "topk"  # a SELECTION_METHODS name: topk | threshold | iterative | baselines
-    budget: float = 0.1  # fraction of prior trajectories kept
-    cutoff: float = 0.0  # threshold: keep trajectories scoring below this
-    aggregate: str = "sum"  # per-sample -> per-trajectory: sum (datamodel-consistent) | mean
-    rounds: int = 3  # iterative: re-estimation rounds
-    drop_percentile: float = 80.0  # iterative: drop active trajectories at/above this percentile
-    readmit_percentile: float = 20.0  # iterative: re-admit dropped ones at/below this percentile
+    method: str = _TOPK["method"]  # a SELECTION_METHODS name: topk | threshold | iterative | baselines
+    budget: float = _TOPK["budget"]  # fraction of prior trajectories kept
+    cutoff: float = _THRESHOLD["cutoff"]  # threshold: keep trajectories scoring below this
+    aggregate: str = _TOPK["aggregate"]  # per-sample -> per-trajectory: sum (datamodel-consistent) | mean
+    rounds: int = _ITERATIVE["rounds"]  # iterative: re-estimation rounds
+    drop_percentile: float = _ITERATIVE["drop_percentile"]  # iterative: drop active ones at/above this
+    readmit_percentile: float = _ITERATIVE["readmit_percentile"]  # iterative: re-admit dropped at/below this
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
 
     def __post_init__(self) -> None:

@@ -44,11 +44,13 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 def iterative_prune(
     score_fn: ScoreFn,
     n_episodes: int,
-    rounds: int = 3,
-    drop_percentile: float = 90.0,
-    readmit_percentile: float = 10.0,
+    rounds: int,
+    drop_percentile: float,
+    readmit_percentile: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(selected indices, last known score of every episode).
+
+    No defaults here: they live in datamil/configs/method/iterative.yaml, through SelectionConfig.
 
     Each round re-estimates on the active pool, drops active episodes at/above the `drop_percentile`-th
     percentile of the active scores and re-admits dropped ones whose (latest known) score is at/below the

@@ -1,6 +1,0 @@
-"""Real-arm deployment: the Robot protocol and drivers, SimArm, the policy server and client, the safety
-layer, teleoperation, and recording every episode to RLDS. See real_robot/README.md.
-
-Entry points: `python -m real_robot.serve` (GPU machine), `python -m real_robot.run` and
-`python -m real_robot.teleop` (robot computer). Vendor SDKs are imported only by the driver in use.
-"""

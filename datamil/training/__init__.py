@@ -1,0 +1,1 @@
+"""Training: the optimization loop (`loop`) and co-training on a target + selected-prior mixture (`cotraining`)."""

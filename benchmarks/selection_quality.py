@@ -58,15 +58,15 @@ from tqdm.auto import tqdm
 
 from datamil.checkpoint import load_policy
 from datamil.cli import CONFIG_DIR, one_line_errors
-from datamil.cotraining import build_mixture, cotrain
 from datamil.data.sources import TaskData
 from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
-from datamil.evaluation import evaluate_checkpoint
 from datamil.io import atomic_write_text, file_lock
-from datamil.selecting import run_selection
 from datamil.selection import Selection, SelectionConfig, read_selection
+from datamil.selection.pipeline import run_selection
+from datamil.sim_tasks.evaluation import evaluate_checkpoint
+from datamil.training.cotraining import build_mixture, cotrain
 
 
 def _load_tables():

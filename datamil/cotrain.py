@@ -7,11 +7,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
-from datamil.cotraining import build_mixture, cotrain
 from datamil.device import resolve_device
 from datamil.logger import make_logger
 from datamil.policies.build import reads_state
 from datamil.selection.selection_io import read_selection
+from datamil.training.cotraining import build_mixture, cotrain
 
 
 def selected_ids(selection: str | None, prior_ids: list[str]) -> list[str]:

@@ -10,7 +10,12 @@ from omegaconf import DictConfig
 from datamil.cli import CONFIG_DIR, one_line_errors, run_dir_of, save_config
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
-from datamil.evaluation import evaluate_checkpoint, record_evaluation_video, video_line, write_results
+from datamil.sim_tasks.evaluation import (
+    evaluate_checkpoint,
+    record_evaluation_video,
+    video_line,
+    write_results,
+)
 from datamil.video import VideoConfig, keep_physics_without_gl
 
 

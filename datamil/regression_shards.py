@@ -29,7 +29,7 @@ from datamil.datamodels.regression import (
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
 from datamil.policies.build import build_policy
-from datamil.selecting import run_selection
+from datamil.selection.pipeline import run_selection
 
 REGRESSION_TARGET = "datamil.datamodels.regression.estimate_regression"
 EXAMPLE = "python -m datamil.regression_shards shard=0 n_shards=4"

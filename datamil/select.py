@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
-from datamil.selecting import check_seed_files, run_selection, score_seeds, score_settings
 from datamil.selection.methods import DATAMODEL_METHODS
+from datamil.selection.pipeline import check_seed_files, run_selection, score_seeds, score_settings
 
 
 def check_fan_out(cfg: DictConfig) -> None:

@@ -16,15 +16,15 @@ from hydra.errors import InstantiationException
 from omegaconf import MissingMandatoryValue, OmegaConf
 
 from datamil.cli import require_values, user_message
-from datamil.cotraining import build_mixture
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
 from datamil.policies.build import reads_state
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import VisionPolicy
-from datamil.selecting import run_selection
 from datamil.selection import SelectionConfig
+from datamil.selection.pipeline import run_selection
+from datamil.training.cotraining import build_mixture
 
 RLDS_USAGE = "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
 MLP = partial(MLPPolicy, hidden=(8,))
@@ -190,7 +190,7 @@ def test_all_zero_or_nonfinite_scores_are_refused_with_nothing_written(fill, tmp
 def test_state_dimensions_constant_in_the_prior_are_named_in_a_warning(tmp_path, caplog):
     data = constant_dim_data()
     estimate = lambda policy, prior, *a, **k: np.arange(prior.n_steps, dtype=float)  # noqa: E731
-    with caplog.at_level(logging.WARNING, logger="datamil.selecting"):
+    with caplog.at_level(logging.WARNING, logger="datamil.selection.pipeline"):
         select(data, tmp_path, estimate, budget=0.5)
     warnings = [r.getMessage() for r in caplog.records if "constant in the prior" in r.getMessage()]
     assert len(warnings) == 2 and all("state dimensions [1]" in w for w in warnings)

@@ -21,10 +21,10 @@ from datamil.datamodels.metagrad import estimate_metagrad
 from datamil.datamodels.proxy import ProxyConfig
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
-from datamil.selecting import run_selection
 from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest, read_selection
 from datamil.selection.baselines import query_demos
 from datamil.selection.methods import DATAMODEL_METHODS
+from datamil.selection.pipeline import run_selection
 from datamil.selection.retrieval import (
     dtw_costs,
     ksg_contributions,
@@ -33,7 +33,7 @@ from datamil.selection.retrieval import (
     sub_trajectories,
     subsequence_dtw,
 )
-from datamil.training import OptimConfig
+from datamil.training.loop import OptimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = [n for n in SELECTION_METHODS.names() if n not in DATAMODEL_METHODS]

@@ -12,10 +12,10 @@ import torch
 
 import datamil.evaluate
 from datamil.checkpoint import save_policy
-from datamil.evaluation import evaluate_checkpoint
 from datamil.policies import POLICIES
 from datamil.policies.vision import VisionPolicy
 from datamil.sim_tasks import rollout
+from datamil.sim_tasks.evaluation import evaluate_checkpoint
 from datamil.sim_tasks.render import FrameRenderer
 from datamil.sim_tasks.rollout import cores_left_to_workers, evaluate_policy, policy_cameras, usable_cores
 

@@ -18,11 +18,11 @@ pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
 
-from datamil.cotraining import build_mixture  # noqa: E402
 from datamil.data.rlds import write_rlds  # noqa: E402
 from datamil.data.schema import Episode, EpisodeMeta  # noqa: E402
 from datamil.data.sources import RLDSSource  # noqa: E402
 from datamil.errors import DataError  # noqa: E402
+from datamil.training.cotraining import build_mixture  # noqa: E402
 
 TARGET_HW = (24, 24)  # the target's camera: the mixture's cameras (16x16 in the fixtures) are resized to it
 

@@ -7,7 +7,6 @@ import pytest
 import rlds_fixtures as fx
 
 from datamil.checkpoint import load_policy, save_policy
-from datamil.cotraining import build_mixture
 from datamil.data.normalization import (
     ActingNormalization,
     NormStats,
@@ -19,6 +18,7 @@ from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
 from datamil.policies.build import build_policy
 from datamil.policies.mlp import MLPPolicy
+from datamil.training.cotraining import build_mixture
 
 
 def scaled_store(scale: float, n: int, seed: int, dataset: str) -> TrajectoryStore:

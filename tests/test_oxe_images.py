@@ -23,7 +23,6 @@ pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
 
-from datamil.cotraining import build_mixture  # noqa: E402
 from datamil.data.rlds import ingest_rlds, read_rlds, write_rlds  # noqa: E402
 from datamil.data.schema import Episode, EpisodeMeta  # noqa: E402
 from datamil.data.sources import RLDSSource  # noqa: E402
@@ -33,7 +32,8 @@ from datamil.datamodels.proxy import ProxyConfig, smooth_optim  # noqa: E402
 from datamil.errors import DataError, DatamilError  # noqa: E402
 from datamil.policies.build import build_policy  # noqa: E402
 from datamil.policies.vision import VisionPolicy  # noqa: E402
-from datamil.training import gather_batch, init_params  # noqa: E402
+from datamil.training.cotraining import build_mixture  # noqa: E402
+from datamil.training.loop import gather_batch, init_params  # noqa: E402
 
 FRACTAL_HW, BRIDGE_HW = (256, 320), (256, 256)  # the datasets' published camera sizes
 SIZE = 32  # the policy's input size in these tests
@@ -327,8 +327,8 @@ def test_selection_refuses_a_size_clash_before_scoring(native, tmp_path):
     """(b) through the selection stage: the error comes before any score, selection or report is written
     (the CLIs print a DatamilError as one line, see test_pipeline)."""
     from datamil.data.sources import TaskData
-    from datamil.selecting import run_selection
     from datamil.selection.methods import SelectionConfig
+    from datamil.selection.pipeline import run_selection
 
     bridge = native["bridge"][2]
     prior = TrajectoryStore.from_episodes(_image_only(2, 0))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from conftest import TINY_DATA, TINY_TASK
 
-from datamil.cotraining import build_mixture
 from datamil.datamodels.metagrad import estimate_metagrad
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
-from datamil.selecting import run_selection
 from datamil.selection import SelectionConfig, read_selection
+from datamil.selection.pipeline import run_selection
+from datamil.training.cotraining import build_mixture
 
 
 def cli(module: str, *overrides: str, env: dict, run_dir) -> subprocess.CompletedProcess:

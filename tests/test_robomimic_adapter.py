@@ -7,7 +7,6 @@ import h5py
 import numpy as np
 import pytest
 
-from datamil.cotraining import build_mixture
 from datamil.data.robomimic_hdf5 import demo_names, read_robomimic
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
@@ -19,6 +18,7 @@ from datamil.policies.robomimic_adapter import (
     store_to_robomimic,
     train_robomimic,
 )
+from datamil.training.cotraining import build_mixture
 
 
 def make_store(dataset: str, lengths: list[int], seed: int, task: str = "metaworld/reach") -> TrajectoryStore:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
 from datamil.select import check_fan_out
-from datamil.selecting import check_seed_files, fingerprint, score_path
+from datamil.selection.pipeline import check_seed_files, fingerprint, score_path
 
 TINY = [
     f"+task={TINY_TASK}",

@@ -116,7 +116,7 @@ def test_selection_file_errors(tmp_path):
 def test_report_counts_unknown_success_apart(tmp_path):
     from datamil.data.sources import TaskData
     from datamil.report import success_count
-    from datamil.selecting import _write_report
+    from datamil.selection.pipeline import _write_report
 
     assert success_count([True, False]) == "1 of 2"
     assert success_count([True, None, False, None, None]) == "1 of 5 (3 unknown)"

@@ -13,8 +13,8 @@ import pytest
 
 from datamil.checkpoint import save_policy
 from datamil.errors import DatamilError
-from datamil.evaluation import evaluate_checkpoint, record_evaluation_video, video_line
 from datamil.policies import POLICIES
+from datamil.sim_tasks.evaluation import evaluate_checkpoint, record_evaluation_video, video_line
 from datamil.video import VideoConfig, VideoUnavailable, record_video
 
 pytestmark = pytest.mark.sim

@@ -108,7 +108,7 @@ class Policy(nn.Module, ABC):
     def check_data(self, stores: Mapping[str, Any]) -> None:
         """Refuse (one-line DataError) datasets the policy cannot read; name -> TrajectoryStore or None.
 
-        A state policy's state sizes are checked where the stores meet (datamil.cotraining.state_mismatch)."""
+        A state policy's state sizes are checked where the stores meet (datamil.training.cotraining.state_mismatch)."""
 
     def camera_config(self) -> dict[str, Any] | None:
         """What evaluation must render for this policy; None = it reads no camera."""

@@ -121,7 +121,7 @@ class RobomimicData:
 
 
 def mixture_to_robomimic(mixture: Any, out_dir: str | Path) -> RobomimicData:
-    """`datamil.cotraining.Mixture` -> target.hdf5 (+ prior.hdf5) with the mixture's target:prior weights.
+    """`datamil.training.cotraining.Mixture` -> target.hdf5 (+ prior.hdf5) with the mixture's target:prior weights.
 
     One file per pool, because robomimic weights datasets, not demos, in multi-dataset training.
     """

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from datamil.cotraining import state_mismatch
 from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.device import resolve_device
@@ -29,6 +28,7 @@ from datamil.policies.build import PolicyFactory, build_policy, reads_state
 from datamil.report import success_count, write_selection_report
 from datamil.selection import Selection, per_trajectory, write_selection
 from datamil.selection.methods import DATAMODEL_METHODS, SELECTION_METHODS, SelectionConfig, SelectionRequest
+from datamil.training.cotraining import state_mismatch
 
 # (policy, prior store, target-val store, rng_seed=..., target_train_store=...) -> (N_prior_steps,) scores
 EstimateFn = Callable[..., np.ndarray]

@@ -10,7 +10,7 @@ Rows of the table it prints:
   generated into `--work` (wall seconds per app, start-up and data generation included).
 - `scores cpu vs cuda`: the same `datamil.select` run with `device=cpu` and `device=cuda`; max abs difference
   and Spearman correlation of the per-trajectory scores, and whether the selections are equal.
-- `train, state BC` / `train, image BC`: `datamil.training.loop.train` steps/s on the GPU (synthetic stores, an
+- `train, state BC` / `train, image BC`: `datamil.training.train` steps/s on the GPU (synthetic stores, an
   84 x 84 camera for image BC, a few hundred steps) and peak GPU memory (`torch.cuda.max_memory_allocated`).
 - `metagrad` / `influence`: wall time ÷ one proxy training run of the same settings, and peak GPU memory,
   on the tiny data; with `--full` also on the full-size prior (`data=metaworld_full`, generated on first use).
@@ -137,9 +137,9 @@ def synthetic_store(n: int, length: int, images: bool, seed: int = 0):
 
 
 def training_row(name: str, factory, store, steps: int, device: torch.device) -> dict:
-    """steps/s of `datamil.training.loop.train` (after a 10-step warm-up) and its peak GPU memory."""
+    """steps/s of `datamil.training.train` (after a 10-step warm-up) and its peak GPU memory."""
     from datamil.policies.build import build_policy
-    from datamil.training.loop import OptimConfig, train
+    from datamil.training import OptimConfig, train
 
     policy = build_policy(factory, store)
     rows = np.arange(store.n_steps)

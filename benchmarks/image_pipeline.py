@@ -25,8 +25,8 @@ import torch
 from datamil.cli import CONFIG_DIR
 from datamil.data.sources import MetaWorldSource, TaskData
 from datamil.policies.build import build_policy
+from datamil.training import OptimConfig, train
 from datamil.training.cotraining import build_mixture
-from datamil.training.loop import OptimConfig, train
 
 TARGETS = ("metaworld/drawer-close", "metaworld/button-press-topdown")
 CONFIG = Path(CONFIG_DIR)
@@ -185,7 +185,7 @@ def decode_and_augment_rates(data: TaskData, batch: int, n: int) -> tuple[float,
 
 def train_rates(data: TaskData, batch: int, steps: int) -> tuple[float, float]:
     """(steps/s of `train` from the store, steps/s of bare train_step on one in-memory batch)."""
-    from datamil.training.loop import gather_batch, init_opt_state, init_params, train_step
+    from datamil.training import gather_batch, init_opt_state, init_params, train_step
 
     store = data.prior
     policy = build_policy(image_policy_factory(), store)

@@ -1,6 +1,6 @@
 """Speed of datamil's training loop and of its evaluation, each against the bare minimum.
 
-Training bar: `datamil.training.loop.train` reaches at least 80% of the steps/s of a plain `torch.optim.AdamW`
+Training bar: `datamil.training.train` reaches at least 80% of the steps/s of a plain `torch.optim.AdamW`
 loop on the same model, batch size and pre-loaded tensors.
 Evaluation bar: `datamil.sim_tasks.rollout.evaluate_policy` (a small MLP policy acting on 10 envs in lockstep)
 loses at most 25% of the env-steps/s of raw MetaWorld stepping with a constant action (one env, no policy).
@@ -40,7 +40,7 @@ from datamil.sim_tasks.rollout import (
     policy_cameras,
 )
 from datamil.sim_tasks.suites import STREAM_EVAL, make_env
-from datamil.training.loop import BatchSource, OptimConfig, lr_at, train
+from datamil.training import BatchSource, OptimConfig, lr_at, train
 
 OBS_DIM, ACTION_DIM, BATCH = 39, 4, 256  # MetaWorld-sized state and action
 CONFIG = Path(CONFIG_DIR)

@@ -33,7 +33,7 @@ from datamil.selection.retrieval import (
     sub_trajectories,
     subsequence_dtw,
 )
-from datamil.training.loop import OptimConfig
+from datamil.training import OptimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = [n for n in SELECTION_METHODS.names() if n not in DATAMODEL_METHODS]

@@ -42,7 +42,7 @@ from datamil.policies.diffusion import DiffusionPolicy
 from datamil.policies.mlp import MLPPolicy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy
 from datamil.real_robot.server import load_served
-from datamil.training.loop import BatchSource, LossCurve, OptimConfig, gather_batch, init_params, train
+from datamil.training import BatchSource, LossCurve, OptimConfig, gather_batch, init_params, train
 
 META = torch.device("meta")
 CONFIGS = Path(CONFIG_DIR)

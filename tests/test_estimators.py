@@ -20,7 +20,7 @@ from datamil.datamodels.regression import fit_datamodel
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
 from datamil.policies.base import ACTION, OBS_STATE_KEY, Policy
-from datamil.training.loop import adamw_step, weighted_loss
+from datamil.training import adamw_step, weighted_loss
 
 
 class LinearPolicy(Policy):

@@ -28,7 +28,7 @@ from datamil.errors import DataError, DatamilError, UnknownNameError
 from datamil.gl import configure_gl
 from datamil.policies.build import build_policy
 from datamil.policies.vision import DiffusionImagePolicy, VisionPolicy, random_shift
-from datamil.training.loop import gather_batch, init_params
+from datamil.training import gather_batch, init_params
 
 SIZE = 32
 TINY = dict(

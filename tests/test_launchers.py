@@ -93,7 +93,7 @@ def test_ray_sweep_equals_the_basic_launcher(cli_env, tmp_path) -> None:
     """hydra/launcher=ray on a loopback-only local Ray of 2 CPUs, started by the sweep and gone after it."""
     from datamil.checkpoint import save_policy
     from datamil.policies.mlp import MLPPolicy
-    from datamil.training.loop import init_params
+    from datamil.training import init_params
 
     policy = MLPPolicy(obs_dim=39, action_dim=4, hidden=(16, 16))  # MetaWorld's state and action sizes
     checkpoint = save_policy(tmp_path / "policy.pt", policy, init_params(policy, 0), task="metaworld/reach")

@@ -12,7 +12,7 @@ from datamil.policies.build import build_policy
 from datamil.policies.gaussian import GaussianPolicy
 from datamil.sim_tasks.generate import generate_target_demos
 from datamil.sim_tasks.rollout import evaluate_policy
-from datamil.training.loop import OptimConfig, train
+from datamil.training import OptimConfig, train
 
 
 @pytest.mark.slow

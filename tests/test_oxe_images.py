@@ -32,8 +32,8 @@ from datamil.datamodels.proxy import ProxyConfig, smooth_optim  # noqa: E402
 from datamil.errors import DataError, DatamilError  # noqa: E402
 from datamil.policies.build import build_policy  # noqa: E402
 from datamil.policies.vision import VisionPolicy  # noqa: E402
+from datamil.training import gather_batch, init_params  # noqa: E402
 from datamil.training.cotraining import build_mixture  # noqa: E402
-from datamil.training.loop import gather_batch, init_params  # noqa: E402
 
 FRACTAL_HW, BRIDGE_HW = (256, 320), (256, 256)  # the datasets' published camera sizes
 SIZE = 32  # the policy's input size in these tests

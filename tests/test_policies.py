@@ -15,7 +15,7 @@ from datamil.errors import DatamilError
 from datamil.policies import POLICIES, Policy
 from datamil.policies.diffusion import hash_normal, hash_uniform
 from datamil.policies.gaussian import GaussianPolicy
-from datamil.training.loop import gather_batch, init_params
+from datamil.training import gather_batch, init_params
 
 OBS_DIM, ACTION_DIM = 5, 2
 

@@ -9,7 +9,7 @@ import torch
 from datamil.datamodels.lds import noise_ceiling, seeds_for_reliability, truth_seeds
 from datamil.datamodels.proxy import BatchOrder, ProxyConfig, resolve_sampling
 from datamil.errors import DatamilError
-from datamil.training.loop import batch_indices
+from datamil.training import batch_indices
 
 EPISODE = np.repeat(np.arange(7), [5, 1, 9, 3, 4, 8, 2])  # 7 trajectories of unequal length, 32 rows
 

@@ -28,7 +28,7 @@ from datamil.real_robot.robot import EE_POSE
 from datamil.real_robot.safety import Intervention, SafetyLayer, SafetyLimits
 from datamil.real_robot.session import make_labeler, run_session
 from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
-from datamil.training.loop import OptimConfig, train
+from datamil.training import OptimConfig, train
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 

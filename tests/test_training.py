@@ -13,7 +13,7 @@ from datamil.data.store import TrajectoryStore
 from datamil.errors import DatamilError
 from datamil.logger import MemoryLogger, NullLogger, WandbLogger, make_logger
 from datamil.policies import POLICIES, Policy
-from datamil.training.loop import (
+from datamil.training import (
     BatchSource,
     MixtureSampler,
     OptimConfig,

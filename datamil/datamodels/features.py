@@ -36,7 +36,7 @@ from datamil.io import atomic_dir, atomic_torch_save
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
 from datamil.policies.vision import OBS_PREFIX, VisionPolicy, conform_store
 from datamil.registry import configured
-from datamil.training.loop import OptimConfig, train
+from datamil.training import OptimConfig, train
 
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.json"

@@ -24,7 +24,7 @@ from datamil.datamodels.proxy import ProxyConfig, initial_state, run_steps
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.registry import configured
-from datamil.training.loop import OptState, lr_at
+from datamil.training import OptState, lr_at
 
 
 def preconditioned_direction(

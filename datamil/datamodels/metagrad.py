@@ -64,7 +64,7 @@ from datamil.datamodels.surrogate import (
 from datamil.errors import DatamilError
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.registry import configured
-from datamil.training.loop import OptState, adamw_step, weighted_loss
+from datamil.training import OptState, adamw_step, weighted_loss
 
 logger = logging.getLogger(__name__)
 Pullback = Callable[[tuple[Params, OptState]], tuple[Params, OptState, Tensor]]

@@ -1,4 +1,4 @@
-"""The proxy training run that estimators score: the co-training step (`datamil.training.loop.train_step`) on a
+"""The proxy training run that estimators score: the co-training step (`datamil.training.train_step`) on a
 `TrainPool`, with batch order a pure function of (seed, step).
 
 Single runs (`train_proxy`) and vmapped ensembles of runs on different subsets (`train_ensemble`, used by
@@ -19,7 +19,7 @@ from datamil.datamodels.surrogate import Surrogate, TrainPool, take
 from datamil.device import host_to
 from datamil.errors import DatamilError
 from datamil.policies.base import Params, Policy
-from datamil.training.loop import (
+from datamil.training import (
     OptimConfig,
     OptState,
     batch_indices,

@@ -34,7 +34,7 @@ from datamil.datamodels.proxy import (
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy
 from datamil.registry import configured
-from datamil.training.loop import OptState, adamw_step, weighted_loss
+from datamil.training import OptState, adamw_step, weighted_loss
 
 
 def _special_step(

@@ -128,7 +128,7 @@ class DiffusionPolicy(Policy):
         """(B,) noise-prediction MSE with (eps, k) drawn from (batch["index"], noise_seed)."""
         if ACTION_CHUNK not in batch:
             raise DatamilError(
-                "diffusion batches need 'action_chunk'; build them with datamil.training.loop.gather_batch"
+                "diffusion batches need 'action_chunk'; build them with datamil.training.gather_batch"
             )
         x0 = batch[ACTION_CHUNK].float()  # in [-1, 1] (MetaWorld, or data.normalization=q01_q99); not clamped
         b, index = x0.shape[0], batch[INDEX]

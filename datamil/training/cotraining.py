@@ -24,7 +24,7 @@ from datamil.policies.base import DATA_NORMALIZATION, OBS_STATE_KEY
 from datamil.policies.build import PolicyFactory, build_policy
 from datamil.policies.vision import conform_store
 from datamil.report import pyplot, save_figure
-from datamil.training.loop import OptimConfig, TrainResult, train
+from datamil.training import OptimConfig, TrainResult, train
 
 
 def state_mismatch(prior: TrajectoryStore, other: TrajectoryStore, name: str) -> str | None:

@@ -160,12 +160,7 @@ def group_stats(store: Any, groups: Sequence[str] | None = None) -> dict[str, di
     groups: one label per episode (a mixture prior's source dataset); None = the whole store is one group,
     labelled "" (a single prior, or the target).
     """
-    labels = np.asarray([""] * store.n_episodes if groups is None else list(groups))
-    out: dict[str, dict[str, NormStats]] = {}
-    for label in sorted(set(labels.tolist())):
-        steps = store.step_indices(np.flatnonzero(labels == label))
-        out[label] = {k: NormStats.of(store.arrays[k][steps]) for k in NORMALIZED_KEYS if k in store.arrays}
-    return out
+    return store.stats_by([""] * store.n_episodes if groups is None else groups, NORMALIZED_KEYS)
 
 
 def normalize_store(

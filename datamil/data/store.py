@@ -128,11 +128,19 @@ class TrajectoryStore:
 
     def compute_stats(self) -> dict[str, dict[str, NormStats]]:
         """Normalization statistics per source dataset, for actions and every non-image observation."""
+        return self.stats_by(self.episodes.dataset, _stat_keys(self.arrays))
+
+    def stats_by(self, labels: Sequence[str], keys: Iterable[str]) -> dict[str, dict[str, NormStats]]:
+        """{label: {array name: NormStats}} over the steps of the episodes carrying each label.
+
+        labels: one per episode (its source dataset, or any grouping the caller normalizes by).
+        """
+        labels = np.asarray(list(labels))
+        keys = [k for k in keys if k in self.arrays]
         stats: dict[str, dict[str, NormStats]] = {}
-        datasets = np.asarray(self.episodes.dataset)
-        for name in sorted(set(self.episodes.dataset)):
-            steps = self.step_indices(np.flatnonzero(datasets == name))
-            stats[name] = {key: NormStats.of(self.arrays[key][steps]) for key in _stat_keys(self.arrays)}
+        for label in sorted(set(labels.tolist())):
+            steps = self.step_indices(np.flatnonzero(labels == label))
+            stats[label] = {key: NormStats.of(self.arrays[key][steps]) for key in keys}
         return stats
 
     # ---------------------------------------------------------------- shape of the data

@@ -124,7 +124,7 @@ def test_a_bad_device_is_one_line(monkeypatch, name, cuda, message) -> None:
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("app", ["select", "cotrain", "evaluate", "regression_shards", "serve"])
+@pytest.mark.parametrize("app", ["select", "cotrain", "evaluate", "regression_shards", "lds_shards", "serve"])
 def test_every_app_has_a_device_setting_that_defaults_to_auto(app) -> None:
     from hydra import compose, initialize_config_dir
 

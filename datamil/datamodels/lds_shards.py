@@ -1,0 +1,278 @@
+"""The truths of an LDS measurement (`datamil.datamodels.lds`), split across jobs and gathered.
+
+The expensive part of an LDS is the truth: a proxy trained on each of the M held-out subsets, for each of
+k truth seeds. That work is k x ceil(M / chunk) units, one (truth seed, vmapped chunk of subsets) each.
+Shard s of S trains a contiguous run of whole units and writes `shard_dir/shard-s-of-S.npz` atomically
+(`run_lds_shard`); `gather_lds_truths` checks that all S shards are there and were made with its settings,
+and returns the (k, M) truths. The subsets are the global masks of `linear_datamodeling_score` and each
+shard trains whole chunks of them with the seed of their unit, so the gathered truths equal, bit for bit,
+those one process trains (`true_surrogates` for each truth seed on all M masks).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from datamil.data.store import TrajectoryStore
+from datamil.datamodels.lds import (
+    LdsRow,
+    NoiseCeiling,
+    noise_ceiling,
+    predicted_surrogates,
+    spearman_interval,
+    true_surrogates,
+)
+from datamil.datamodels.proxy import ProxyConfig, random_masks
+from datamil.datamodels.regression import _plain, fingerprint, store_digest
+from datamil.errors import DatamilError
+from datamil.io import atomic_write_npz
+from datamil.policies.base import Policy
+
+
+@dataclass(frozen=True)
+class LdsSpec:
+    """Everything that decides the truths: the M subsets and how each truth proxy trains."""
+
+    seed: int = 0  # the estimator's proxy seed; with subset_seed, the seed of the subset masks
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)  # how each subset's proxy trains
+    n_models: int = 50  # M held-out subsets
+    alpha: float = 0.5  # fraction of prior trajectories in each subset
+    mode: str = "resample"  # resample | reweight (see `true_surrogates`)
+    subset_seed: int = 10_001  # with seed, the seed of the masks (as `linear_datamodeling_score`)
+    truth_seeds: tuple[int, ...] | None = None  # training seeds of the truth; None = (seed,)
+    chunk: int = 25  # subsets trained together in one vmapped ensemble
+    include_target_train: bool = False  # every subset proxy also trains on target-train
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The k truth seeds: (seed,) by default, the seed `linear_datamodeling_score` trains its truth with."""
+        seeds = (self.seed,) if self.truth_seeds is None else tuple(int(s) for s in self.truth_seeds)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise DatamilError(
+                f"truth_seeds={list(seeds)} must be distinct and at least one; e.g. [1, 2, 3, 4]"
+            )
+        return seeds
+
+    def masks(self, n_episodes: int) -> np.ndarray:
+        """(M, E) bool: the masks of `linear_datamodeling_score`, a pure function of (seeds, M, alpha, E)."""
+        if self.n_models < 3:
+            raise DatamilError(
+                f"LDS needs at least 3 subsets (got n_models={self.n_models}); use >= 50 for a stable number"
+            )
+        rng = np.random.default_rng([self.subset_seed, self.seed])
+        return random_masks(n_episodes, self.n_models, self.alpha, rng)
+
+    def units(self) -> list[tuple[int, np.ndarray]]:
+        """(truth seed index, subset indices of one vmapped chunk) of the whole measurement, seed-major."""
+        if self.chunk < 1:
+            raise DatamilError(f"chunk={self.chunk} must be at least 1")
+        chunks = [
+            np.arange(lo, min(lo + self.chunk, self.n_models)) for lo in range(0, self.n_models, self.chunk)
+        ]
+        return [(j, models) for j in range(len(self.seeds)) for models in chunks]
+
+    def shard_units(self, shard: int, n_shards: int) -> list[tuple[int, np.ndarray]]:
+        """The units of shard s of S: a contiguous run of whole units (so results match one process)."""
+        units = self.units()
+        if not 0 <= shard < n_shards:
+            raise DatamilError(f"shard={shard} is outside 0..{n_shards - 1}; use 0 <= shard < n_shards")
+        if n_shards > len(units):
+            raise DatamilError(
+                f"n_shards={n_shards} is more than the {len(units)} units (truth seed x vmapped chunk) of "
+                f"{len(self.seeds)} truth seeds, n_models={self.n_models}, chunk={self.chunk}; lower n_shards "
+                "or lds.chunk, since each shard trains whole chunks"
+            )
+        return [units[u] for u in np.array_split(np.arange(len(units)), n_shards)[shard]]
+
+
+def shard_settings(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    target_train_store: TrajectoryStore | None,
+    spec: LdsSpec,
+    settings: dict | None = None,
+) -> dict:
+    """What every shard of one measurement must share: the spec, the policy, the data and the caller's
+    `settings` (e.g. the resolved policy config)."""
+    tt = target_train_store if spec.include_target_train else None
+    data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
+    data["target_train"] = store_digest(tt)
+    return {"spec": asdict(spec), "policy": repr(policy), "data": data, "settings": settings or {}}
+
+
+def shard_path(shard_dir: str | Path, shard: int, n_shards: int) -> Path:
+    return Path(shard_dir) / f"shard-{shard:04d}-of-{n_shards:04d}.npz"
+
+
+def _entries(units: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(truth seed index, subset index) of every truth value the units train, in unit order."""
+    seed_of = np.concatenate([np.full(len(models), j) for j, models in units])
+    return seed_of.astype(np.int64), np.concatenate([models for _, models in units]).astype(np.int64)
+
+
+def run_lds_shard(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    spec: LdsSpec,
+    shard: int,
+    n_shards: int,
+    shard_dir: str | Path,
+    target_train_store: TrajectoryStore | None = None,
+    settings: dict | None = None,
+) -> Path:
+    """Train shard s of S's truth proxies; write which (truth seed, subset) each value is, the subsets, the
+    values and the measurement's fingerprint to `shard_dir/shard-s-of-S.npz`, atomically. A shard file of
+    this exact measurement that is already there is kept as it is, so a failed sweep is run again as is."""
+    units = spec.shard_units(shard, n_shards)
+    meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
+    masks = spec.masks(train_store.n_episodes)
+    seed_of, models = _entries(units)
+    path = shard_path(shard_dir, shard, n_shards)
+    done = _read_shard(path) if path.is_file() else None
+    if done is not None and str(done["fingerprint"]) == fingerprint(meta):
+        if np.array_equal(done["seed_of"], seed_of) and np.array_equal(done["models"], models):
+            return path
+    values, start = [], time.perf_counter()
+    for j in np.unique(seed_of):  # a seed's units are consecutive whole chunks: one ensemble call each
+        mine = models[seed_of == j]
+        values.append(
+            true_surrogates(
+                policy,
+                train_store,
+                target_val_store,
+                masks[mine],
+                spec.proxy,
+                spec.seeds[j],
+                spec.mode,
+                spec.chunk,
+                target_train_store,
+                spec.include_target_train,
+            )
+        )
+    return atomic_write_npz(
+        path,
+        fingerprint=np.array(fingerprint(meta)),
+        seed_of=seed_of,
+        models=models,
+        masks=masks[models],
+        values=np.concatenate(values),
+        train_s=np.array(time.perf_counter() - start),
+        settings=np.array(json.dumps(meta, sort_keys=True, default=_plain)),
+    )
+
+
+SHARD_KEYS = ("fingerprint", "seed_of", "models", "masks", "values", "train_s", "settings")
+
+
+def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a shard file, or None if it is not a whole LDS shard file (cut short, foreign)."""
+    try:
+        with np.load(path) as saved:
+            return {name: saved[name] for name in SHARD_KEYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def load_shards(shard_dir: str | Path, n_shards: int, key: str) -> list[dict[str, np.ndarray]]:
+    """The S shard files of fingerprint `key`, or one DatamilError line naming the missing, unreadable
+    and mismatched shards and how to fix them."""
+    missing, unreadable, mismatched, shards = [], [], [], []
+    for s in range(n_shards):
+        path = shard_path(shard_dir, s, n_shards)
+        if not path.is_file():
+            missing.append(s)
+            continue
+        shard = _read_shard(path)
+        if shard is None:
+            unreadable.append(s)
+        elif str(shard["fingerprint"]) != key:
+            mismatched.append(s)
+        else:
+            shards.append(shard)
+    problems = []
+    if missing:
+        others = sorted({p.name.rsplit("-of-", 1)[-1][:-4] for p in Path(shard_dir).glob("shard-*-of-*.npz")})
+        other = [int(n) for n in others if n.isdigit() and int(n) != n_shards]
+        hint = f" (it holds shards of n_shards={', '.join(map(str, other))})" if other else ""
+        problems.append(
+            f"shards {_ids(missing)} of {n_shards} are missing in {shard_dir}{hint}; train them with the "
+            f"same settings (shard=<s> n_shards={n_shards}), then gather again"
+        )
+    if unreadable:
+        problems.append(f"shards {_ids(unreadable)} cannot be read; delete those files and train them again")
+    if mismatched:
+        problems.append(
+            f"shards {_ids(mismatched)} were made with other settings (data, policy, subsets, proxy or truth "
+            "seeds) than this gather; train them again with this gather's settings, or gather with theirs"
+        )
+    if problems:
+        raise DatamilError("cannot gather the LDS truths: " + "; ".join(problems))
+    return shards
+
+
+def _ids(indices: list[int]) -> str:
+    return ", ".join(map(str, indices))
+
+
+@dataclass
+class LdsTruths:
+    """The gathered measurement: (M, E) masks, (k, M) truths (row j trained with seeds[j]), train seconds."""
+
+    masks: np.ndarray
+    truths: np.ndarray
+    seeds: tuple[int, ...]
+    train_s: float
+
+
+def gather_lds_truths(
+    policy: Policy,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    spec: LdsSpec,
+    n_shards: int,
+    shard_dir: str | Path,
+    target_train_store: TrajectoryStore | None = None,
+    settings: dict | None = None,
+) -> LdsTruths:
+    """The (k, M) truths one process trains, from the S shard files of this exact measurement (checked
+    complete and consistent); trains nothing."""
+    meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
+    shards = load_shards(shard_dir, n_shards, fingerprint(meta))
+    masks = spec.masks(train_store.n_episodes)
+    truths = np.full((len(spec.seeds), spec.n_models), np.nan)
+    for s, shard in enumerate(shards):
+        seed_of, models = _entries(spec.shard_units(s, n_shards))
+        same = np.array_equal(shard["seed_of"], seed_of) and np.array_equal(shard["models"], models)
+        if not (same and np.array_equal(shard["masks"], masks[models])):
+            raise DatamilError(
+                f"{shard_path(shard_dir, s, n_shards)} does not hold shard {s}'s truth seeds and subsets; "
+                "delete it and train that shard again"
+            )
+        truths[seed_of, models] = shard["values"]
+    return LdsTruths(masks, truths, spec.seeds, float(sum(float(s["train_s"]) for s in shards)))
+
+
+def lds_rows(
+    scores: dict[str, np.ndarray],
+    train_store: TrajectoryStore,
+    measured: LdsTruths,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[list[LdsRow], NoiseCeiling | None]:
+    """Each estimator's LDS against the mean of the k truths (with one truth seed, exactly the rows of
+    `linear_datamodeling_score`), and the truths' noise ceiling when k >= 2."""
+    truth = measured.truths.mean(0)
+    rows = []
+    for name, s in scores.items():
+        predicted = predicted_surrogates(s, train_store, measured.masks)
+        rows.append(LdsRow(name, *spearman_interval(predicted, truth, n_boot, seed)))
+    ceiling = noise_ceiling(measured.truths) if len(measured.seeds) >= 2 else None
+    return rows, ceiling

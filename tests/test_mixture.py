@@ -160,7 +160,7 @@ def test_select_over_a_mixture_prior_end_to_end(datasets, tmp_path):
         "estimator.proxy.optim.total_steps=3", "selection.budget=0.5", f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
     env = {**os.environ, "DATAMIL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert "state sizes differ" in output and "Traceback" not in output

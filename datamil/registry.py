@@ -113,19 +113,29 @@ def group_files(group: str) -> dict[str, Path]:
 
 
 def load_option(group: str, name: str) -> DictConfig:
-    """The option's config, merged over the options of the same group its `defaults` list names.
+    """The option's config composed as Hydra composes it: its `defaults` list merged in order, `_self_`
+    where it stands (last when absent), an option of the same group by name (`- bc_image`) at the root,
+    an option of a nested group (`- proxy: default`, estimator/proxy/default.yaml) under that key.
 
     Interpolations stay unresolved: they refer to the composed app config (e.g. `${data.cameras}`)."""
     files = group_files(group)
     if name not in files:
         raise UnknownNameError(group, name, list(files))
     own = OmegaConf.load(files[name])
+    entries = list(own.get("defaults", []))
+    if "_self_" not in entries:
+        entries.append("_self_")
     merged = OmegaConf.create({})
-    for entry in own.get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            merged = OmegaConf.merge(merged, load_option(group, entry))
-    body = OmegaConf.masked_copy(own, [k for k in own if k != "defaults"])
-    return OmegaConf.merge(merged, body)  # type: ignore[return-value]
+    for entry in entries:
+        if entry == "_self_":
+            part = OmegaConf.masked_copy(own, [k for k in own if k != "defaults"])
+        elif isinstance(entry, str):
+            part = load_option(group, entry)
+        else:
+            ((sub, option),) = entry.items()
+            part = OmegaConf.create({sub: load_option(f"{group}/{sub}", option)})
+        merged = OmegaConf.merge(merged, part)
+    return merged  # type: ignore[return-value]
 
 
 def configured(group: str, name: str, key: str | None = None) -> Mapping[str, Any]:

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
@@ -277,12 +276,10 @@ def test_error_paths_are_one_line_datamil_errors(stores):
 @pytest.mark.parametrize("name", ["metagrad", "truncated", "regression", "influence"])
 def test_estimator_config_instantiates_to_the_registered_estimator(name):
     import inspect
-    from pathlib import Path
 
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "estimator" / f"{name}.yaml")
+    cfg = ESTIMATORS.config(name)  # the file with its defaults list (the shared proxy run) composed
     estimate = instantiate(cfg)
     assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
     assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)

@@ -141,8 +141,9 @@ def load_option(group: str, name: str) -> DictConfig:
 def configured(group: str, name: str, key: str | None = None) -> Mapping[str, Any]:
     """The default settings of `group=name` as Python values: the YAML is their only source.
 
-    Nested nodes with a `_target_` (ProxyConfig, OptimConfig, ...) are built; interpolated values, which
-    only the composed app config can resolve, are left out. `key` selects a sub-node (`robot` for the
+    Nested nodes with a `_target_` (ProxyConfig, OptimConfig, ...) are built; lists become tuples, so a
+    value can stand as a signature or dataclass default; interpolated values, which only the composed app
+    config can resolve, and mandatory ones (`???`) are left out. `key` selects a sub-node (`robot` for the
     robot group, whose files are packaged globally)."""
     from hydra.utils import instantiate
 
@@ -151,16 +152,29 @@ def configured(group: str, name: str, key: str | None = None) -> Mapping[str, An
         node = node[key]
     values: dict[str, Any] = {}
     for field in node:
-        if field in _META_KEYS or OmegaConf.is_interpolation(node, field):
+        if (
+            field in _META_KEYS
+            or OmegaConf.is_interpolation(node, field)
+            or OmegaConf.is_missing(node, field)
+        ):
             continue
         value = node[field]
         if isinstance(value, DictConfig) and "_target_" in value:
             values[field] = instantiate(value)
         elif OmegaConf.is_config(value):
-            values[field] = _plain(value)
+            values[field] = _tuples(_plain(value))
         else:
             values[field] = value
     return values
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (at any depth) as tuples: an immutable default, the type the constructors keep."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 @functools.lru_cache(maxsize=512)

@@ -15,8 +15,10 @@ import numpy as np
 from datamil.real_robot.cameras import CameraSet
 from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
-HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)  # the usual "ready" pose, radians
+# datamil/configs/robot/franka.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "franka", key="robot")
 
 
 class FrankaArm:
@@ -25,10 +27,10 @@ class FrankaArm:
     def __init__(
         self,
         host: str,
-        dynamics_factor: float = 0.1,
-        gripper_width: float = 0.08,
-        gripper_speed: float = 0.05,
-        home_joints: Sequence[float] = HOME_JOINTS,
+        dynamics_factor: float = DEFAULTS["dynamics_factor"],
+        gripper_width: float = DEFAULTS["gripper_width"],
+        gripper_speed: float = DEFAULTS["gripper_speed"],
+        home_joints: Sequence[float] = DEFAULTS["home_joints"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
     ) -> None:

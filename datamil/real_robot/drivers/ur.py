@@ -21,8 +21,10 @@ from datamil.errors import DatamilError
 from datamil.real_robot.cameras import CameraSet
 from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
-HOME_JOINTS = (0.0, -1.571, 1.571, -1.571, -1.571, 0.0)
+# datamil/configs/robot/ur.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "ur", key="robot")
 
 
 class URArm:
@@ -31,14 +33,14 @@ class URArm:
     def __init__(
         self,
         host: str,
-        servo_time: float = 0.066,
-        lookahead: float = 0.1,
-        gain: int = 300,
-        home_joints: Sequence[float] = HOME_JOINTS,
+        servo_time: float = DEFAULTS["servo_time"],
+        lookahead: float = DEFAULTS["lookahead"],
+        gain: int = DEFAULTS["gain"],
+        home_joints: Sequence[float] = DEFAULTS["home_joints"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
         gripper_output: int | None = None,
-        gripper_close_level: bool = True,
+        gripper_close_level: bool = DEFAULTS["gripper_close_level"],
     ) -> None:
         self.host = check_host(host, "ur host")
         self.servo_time, self.lookahead, self.gain = servo_time, lookahead, gain

@@ -15,8 +15,13 @@ from datamil.errors import DatamilError
 from datamil.real_robot.cameras import CameraSet
 from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
 GRIPPER_COUNTS = 850.0
+
+
+# datamil/configs/robot/xarm.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "xarm", key="robot")
 
 
 class XArm:
@@ -25,7 +30,7 @@ class XArm:
     def __init__(
         self,
         host: str,
-        gripper: bool = True,
+        gripper: bool = DEFAULTS["gripper"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
     ) -> None:

@@ -116,10 +116,11 @@ class SimArm:
     def connect(self) -> None:
         """Build the env (MetaWorld imports here, like a vendor SDK would); with cameras, in a worker."""
         from datamil.real_robot.sim_worker import EnvProcess, SimEnv
+        from datamil.sim_tasks import EnvSpec
 
         if self._sim is None:
             make = SimEnv if self.cameras is None else EnvProcess
-            self._sim = make(self.task, self.seed, self.stream, self.max_env_steps, self.cameras)
+            self._sim = make(EnvSpec(self.task, self.seed, self.stream, self.max_env_steps, self.cameras))
             self.episode = -1
 
     def _require_sim(self) -> Any:

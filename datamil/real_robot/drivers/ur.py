@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from datamil.real_robot.cameras import CameraSet
-from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.drivers.common import EndEffectorArm, apply_delta
 from datamil.real_robot.robot import ActionSpace, Observation
 from datamil.registry import configured
 
@@ -27,8 +26,10 @@ from datamil.registry import configured
 DEFAULTS = configured("robot", "ur", key="robot")
 
 
-class URArm:
+class URArm(EndEffectorArm):
     """UR through ur-rtde: 7-d delta actions become servoL targets."""
+
+    vendor = "ur"
 
     def __init__(
         self,
@@ -42,11 +43,9 @@ class URArm:
         gripper_output: int | None = None,
         gripper_close_level: bool = DEFAULTS["gripper_close_level"],
     ) -> None:
-        self.host = check_host(host, "ur host")
+        super().__init__(host, action_space, cameras)
         self.servo_time, self.lookahead, self.gain = servo_time, lookahead, gain
         self.home_joints = tuple(float(q) for q in home_joints)
-        self.action_space = ee_action_space(action_space)
-        self.cameras = CameraSet(cameras)
         if gripper_output is not None and gripper_output not in range(8):
             raise DatamilError(f"ur gripper_output={gripper_output} must be a standard digital output, 0..7")
         self.gripper_output, self.gripper_close_level = gripper_output, bool(gripper_close_level)
@@ -89,9 +88,6 @@ class URArm:
         close = abs(command - space.gripper_closed) < abs(command - space.gripper_open)
         level = self.gripper_close_level if close else not self.gripper_close_level
         self._io.setStandardDigitalOut(self.gripper_output, level)
-
-    def observe(self) -> Observation:
-        return ee_observation(self._pose(), self._gripper(), self.cameras)
 
     def apply(self, action: np.ndarray) -> None:
         from scipy.spatial.transform import Rotation

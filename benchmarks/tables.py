@@ -30,6 +30,7 @@ from scipy import stats
 from datamil.datamodels import ESTIMATORS
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
+from datamil.report import markdown_table
 from datamil.selection import SELECTION_METHODS
 from datamil.selection.methods import DATAMODEL_METHODS
 
@@ -285,20 +286,16 @@ def surrogate_correlation(rows: list[dict]) -> str:
 def composition_table(rows: list[dict], methods: Sequence[str]) -> str:
     """What each method picked, summed over runs: how many prior trajectories, how many successful, how
     many of the target task itself; and the mean target-val loss of the policies co-trained on it."""
-    lines = [
-        "| method | selected / run | successful | from the target task | co-trained surrogate loss |",
-        "|---|---|---|---|---|",
-    ]
+    cells = []
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         n = sum(r["n_selected"] for r in mine)
         share = {k: f"{100 * sum(r[k] for r in mine) / n:.0f}%" if n else "-" for k in ("selected_success", "selected_target_task")}  # fmt: skip
         loss = np.mean([r["surrogate_loss"] for r in mine])
-        lines.append(
-            f"| {label(m)} | {n / max(1, len(mine)):.1f} | {share['selected_success']} | "
-            f"{share['selected_target_task']} | {loss:.4f} |"
-        )
-    return "\n".join(lines)
+        cells.append((label(m), f"{n / max(1, len(mine)):.1f}", share["selected_success"],
+                      share["selected_target_task"], f"{loss:.4f}"))  # fmt: skip
+    header = ("method", "selected / run", "successful", "from the target task", "co-trained surrogate loss")
+    return "\n".join(markdown_table(header, cells))
 
 
 def _common(rows: list[dict], key: str) -> str:
@@ -349,15 +346,13 @@ def pilot_pick(rows: list[dict], max_success: float, n_test: int) -> list[dict]:
 
 def pilot_markdown(rows: list[dict]) -> str:
     """pilot.md: target_only success per candidate, and the test_tasks line the rule picks."""
-    lines = [
-        "| candidate | target_only success (%) [95% Wilson] | qualifies | test task |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['task']} | {points(r['success_rate'])} [{points(r['ci_low'])}, {points(r['ci_high'])}] | "
-            f"{r['qualifies']} | {r['test_task']} |"
-        )
+    header = ("candidate", "target_only success (%) [95% Wilson]", "qualifies", "test task")
+    cells = [
+        (r["task"], f"{points(r['success_rate'])} [{points(r['ci_low'])}, {points(r['ci_high'])}]",
+         r["qualifies"], r["test_task"])
+        for r in rows
+    ]  # fmt: skip
+    lines = markdown_table(header, cells)
     chosen = [r["task"] for r in rows if r["test_task"] == "yes"]
     return "\n".join([*lines, "", f"test_tasks: [{', '.join(chosen)}]"]) + "\n"
 

@@ -113,26 +113,37 @@ def group_files(group: str) -> dict[str, Path]:
 
 
 def load_option(group: str, name: str) -> DictConfig:
-    """The option's config, merged over the options of the same group its `defaults` list names.
+    """The option's config composed as Hydra composes it: its `defaults` list merged in order, `_self_`
+    where it stands (last when absent), an option of the same group by name (`- bc_image`) at the root,
+    an option of a nested group (`- proxy: default`, estimator/proxy/default.yaml) under that key.
 
     Interpolations stay unresolved: they refer to the composed app config (e.g. `${data.cameras}`)."""
     files = group_files(group)
     if name not in files:
         raise UnknownNameError(group, name, list(files))
     own = OmegaConf.load(files[name])
+    entries = list(own.get("defaults", []))
+    if "_self_" not in entries:
+        entries.append("_self_")
     merged = OmegaConf.create({})
-    for entry in own.get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            merged = OmegaConf.merge(merged, load_option(group, entry))
-    body = OmegaConf.masked_copy(own, [k for k in own if k != "defaults"])
-    return OmegaConf.merge(merged, body)  # type: ignore[return-value]
+    for entry in entries:
+        if entry == "_self_":
+            part = OmegaConf.masked_copy(own, [k for k in own if k != "defaults"])
+        elif isinstance(entry, str):
+            part = load_option(group, entry)
+        else:
+            ((sub, option),) = entry.items()
+            part = OmegaConf.create({sub: load_option(f"{group}/{sub}", option)})
+        merged = OmegaConf.merge(merged, part)
+    return merged  # type: ignore[return-value]
 
 
 def configured(group: str, name: str, key: str | None = None) -> Mapping[str, Any]:
     """The default settings of `group=name` as Python values: the YAML is their only source.
 
-    Nested nodes with a `_target_` (ProxyConfig, OptimConfig, ...) are built; interpolated values, which
-    only the composed app config can resolve, are left out. `key` selects a sub-node (`robot` for the
+    Nested nodes with a `_target_` (ProxyConfig, OptimConfig, ...) are built; lists become tuples, so a
+    value can stand as a signature or dataclass default; interpolated values, which only the composed app
+    config can resolve, and mandatory ones (`???`) are left out. `key` selects a sub-node (`robot` for the
     robot group, whose files are packaged globally)."""
     from hydra.utils import instantiate
 
@@ -141,16 +152,29 @@ def configured(group: str, name: str, key: str | None = None) -> Mapping[str, An
         node = node[key]
     values: dict[str, Any] = {}
     for field in node:
-        if field in _META_KEYS or OmegaConf.is_interpolation(node, field):
+        if (
+            field in _META_KEYS
+            or OmegaConf.is_interpolation(node, field)
+            or OmegaConf.is_missing(node, field)
+        ):
             continue
         value = node[field]
         if isinstance(value, DictConfig) and "_target_" in value:
             values[field] = instantiate(value)
         elif OmegaConf.is_config(value):
-            values[field] = _plain(value)
+            values[field] = _tuples(_plain(value))
         else:
             values[field] = value
     return values
+
+
+def _tuples(value: Any) -> Any:
+    """Lists (at any depth) as tuples: an immutable default, the type the constructors keep."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 @functools.lru_cache(maxsize=512)

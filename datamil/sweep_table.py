@@ -17,6 +17,7 @@ import numpy as np
 
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
+from datamil.report import markdown_table
 from datamil.sim_tasks.rollout import wilson_interval
 
 COLUMNS = ("task", "checkpoint", "seeds", "episodes", "success", "ci_low", "ci_high", "seed_std")
@@ -57,16 +58,13 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = [
-        "| task | checkpoint | seeds | episodes | success [95% CI] | std over seeds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['task']} | {r['checkpoint']} | {r['seeds']} | {r['episodes']} | "
-            f"{r['success']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}] | {r['seed_std']:.1%} |"
-        )
-    return "\n".join(lines) + "\n"
+    header = ("task", "checkpoint", "seeds", "episodes", "success [95% CI]", "std over seeds")
+    cells = [
+        (r["task"], r["checkpoint"], r["seeds"], r["episodes"],
+         f"{r['success']:.1%} [{r['ci_low']:.1%}, {r['ci_high']:.1%}]", f"{r['seed_std']:.1%}")
+        for r in rows
+    ]  # fmt: skip
+    return "\n".join(markdown_table(header, cells)) + "\n"
 
 
 def write_tables(sweep_dir: Path) -> str:

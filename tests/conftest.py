@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from entry_points import user_env
 
 TINY_TASK = "metaworld/reach"
 TINY_PRIOR_TASKS = ["metaworld/reach", "metaworld/push", "metaworld/button-press"]
@@ -39,4 +38,4 @@ def tiny_task_data(tiny_cache):
 @pytest.fixture
 def cli_env(tiny_cache) -> dict[str, str]:
     """Environment for running the entry points as a user would, against the session's cache."""
-    return {**os.environ, "DATAMIL_CACHE": tiny_cache, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return user_env(tiny_cache)

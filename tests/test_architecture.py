@@ -3,9 +3,11 @@ for every default, the Policy capabilities, and scipy's intervals equal to the f
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import math
+import textwrap
 import warnings
 
 import numpy as np
@@ -91,6 +93,59 @@ def test_python_defaults_equal_the_yaml(group):
             if _plain(defaults[key]) != _plain(value):
                 drift.append(f"{group}/{name}.yaml {key}: Python {defaults[key]!r}, YAML {value!r}")
     assert not drift, "; ".join(drift)
+
+
+def _default_sources(target) -> dict[str, ast.expr]:
+    """parameter (or dataclass field) -> the expression its default is written as in the source."""
+    if dataclasses.is_dataclass(target):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(target))).body[0]
+        return {
+            node.target.id: node.value
+            for node in tree.body
+            if isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.value is not None
+        }
+    func = getattr(target, "__wrapped__", target)
+    func = func.__init__ if inspect.isclass(func) else func
+    args = ast.parse(textwrap.dedent(inspect.getsource(func))).body[0].args
+    positional = args.posonlyargs + args.args
+    pairs = [
+        *zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True),
+        *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+    ]
+    return {arg.arg: default for arg, default in pairs if default is not None}
+
+
+def _reads_the_config(expr: ast.expr, key: str) -> bool:
+    """True when the default is `<configured mapping>["<key>"]` (possibly wrapped, e.g. in a factory)."""
+    return any(
+        isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == key
+        for node in ast.walk(expr)
+    )
+
+
+@pytest.mark.parametrize("group", REGISTRIES)
+def test_python_reads_every_configured_default_from_the_yaml(group):
+    """The YAML is the only source (docs/architecture.md, "Defaults live in the YAML"): a Python default for
+    a setting the plug-in's YAML carries is read with `configured`, never restated as a literal. Only None
+    (= worked out from the other settings, or the class's own choice) and a required parameter are exempt."""
+    registry, restated = REGISTRIES[group], []
+    for name in registry.names():
+        node = registry.config(name)
+        sources = _default_sources(registry.get(name))
+        for key in node:
+            key = str(key)
+            if key.startswith("_") or key not in sources or (group, key) in SAME_MEANING:
+                continue
+            if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+                continue
+            expr = sources[key]
+            if isinstance(expr, ast.Constant) and expr.value is None:
+                continue
+            if not _reads_the_config(expr, key):
+                restated.append(f"{group}/{name}.yaml {key}: Python restates {ast.unparse(expr)}")
+    assert not restated, "; ".join(restated)
 
 
 def test_metagrad_defaults_are_its_configs():

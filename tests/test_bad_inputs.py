@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
-import sys
 from functools import partial
 
 import numpy as np
 import pytest
 import rlds_fixtures as fx
+from entry_points import run_app
 from hydra.errors import InstantiationException
 from omegaconf import MissingMandatoryValue, OmegaConf
 
@@ -28,11 +28,6 @@ from datamil.training.cotraining import build_mixture
 
 RLDS_USAGE = "data=rlds needs data.prior=<RLDS dir or name> and data.target=<RLDS dir of target demos>"
 MLP = partial(MLPPolicy, hidden=(8,))
-
-
-def cli(module: str, *overrides: str, env: dict, run_dir) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -86,7 +81,9 @@ def test_rlds_dataset_rewritten_in_place_is_converted_again(tmp_path):
 # ---------------------------------------------------------------- 2. data=rlds without data.target
 @pytest.mark.parametrize("module", ["datamil.select", "datamil.cotrain"])
 def test_rlds_without_target_is_one_line_before_anything_runs(module, cli_env, tmp_path):
-    result = cli(module, "+task=metaworld/reach", "data=rlds", "data.prior=/x", env=cli_env, run_dir=tmp_path)
+    result = run_app(
+        module, "+task=metaworld/reach", "data=rlds", "data.prior=/x", env=cli_env, run_dir=tmp_path
+    )
     assert one_error_line(result) == f"error: data.target is not set: {RLDS_USAGE}"
     assert not (tmp_path / "config.yaml").exists()
 
@@ -143,7 +140,7 @@ def test_settings_that_only_some_methods_use_are_checked_only_there():
 
 def test_select_app_refuses_a_bad_budget_before_loading_data(cli_env, tmp_path):
     overrides = ["+task=metaworld/reach", "data=rlds", "data.prior=/nope", "data.target=/nope"]
-    result = cli("datamil.select", *overrides, "selection.budget=2", env=cli_env, run_dir=tmp_path)
+    result = run_app("datamil.select", *overrides, "selection.budget=2", env=cli_env, run_dir=tmp_path)
     assert "selection budget 2 must be a fraction in (0, 1]" in one_error_line(result)  # not "/nope ..."
     assert not (tmp_path / "config.yaml").exists()
 

@@ -8,14 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from datamil.cli import CONFIG_DIR
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
 from datamil.datamodels.base import check_scores, prepare
 from datamil.datamodels.lds import linear_datamodeling_score, predicted_surrogates
-from datamil.datamodels.metagrad import finite_difference, metagradient
-from datamil.datamodels.proxy import batch_order, initial_state, step_fn
+from datamil.datamodels.metagrad import finite_difference, metagradient, replayed_difference
+from datamil.datamodels.proxy import step_fn
 from datamil.datamodels.regression import fit_datamodel
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
@@ -130,27 +129,20 @@ def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6, wei
     step t_star only, or at every step of the set t_star."""
     steps = t_star if isinstance(t_star, set) else {t_star}
     weight = 1.0 / cfg.batch_size if weight is None else weight
-    values = []
-    order = batch_order(pool, cfg, seed)
-    for sign in (1.0, -1.0):
-        params, state = initial_state(policy, seed)
-        for t in range(cfg.steps):
-            rows = order(t)
-            if t not in steps:
-                params, state = step_fn(policy, pool, cfg, rows, t, False)(
-                    params, state, torch.ones(cfg.batch_size)
-                )
-                continue
-            batch = {k: v[rows] for k, v in pool.data.items()}
-            extra = {k: v[[row]] for k, v in pool.data.items()}
 
-            def loss(p, batch=batch, extra=extra, sign=sign):
-                base = weighted_loss(policy, p, batch, torch.ones(cfg.batch_size, dtype=torch.float64))
-                return base + sign * eps * weight * policy.per_sample_loss(p, extra)[0]
+    def step(params, state, t, rows, delta):
+        if t not in steps:
+            return step_fn(policy, pool, cfg, rows, t, False)(params, state, torch.ones(cfg.batch_size))
+        batch = {k: v[rows] for k, v in pool.data.items()}
+        extra = {k: v[[row]] for k, v in pool.data.items()}
 
-            params, state = adamw_step(params, torch.func.grad(loss)(params), state, t, cfg.optim)
-        values.append(float(surrogate(params)))
-    return (values[0] - values[1]) / (2 * eps)
+        def loss(p):
+            base = weighted_loss(policy, p, batch, torch.ones(cfg.batch_size, dtype=torch.float64))
+            return base + delta * weight * policy.per_sample_loss(p, extra)[0]
+
+        return adamw_step(params, torch.func.grad(loss)(params), state, t, cfg.optim)
+
+    return replayed_difference(policy, pool, surrogate, cfg, seed, step, eps)
 
 
 def test_truncated_matches_finite_differences_of_the_injection(stores):
@@ -277,12 +269,10 @@ def test_error_paths_are_one_line_datamil_errors(stores):
 @pytest.mark.parametrize("name", ["metagrad", "truncated", "regression", "influence"])
 def test_estimator_config_instantiates_to_the_registered_estimator(name):
     import inspect
-    from pathlib import Path
 
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "estimator" / f"{name}.yaml")
+    cfg = ESTIMATORS.config(name)  # the file with its defaults list (the shared proxy run) composed
     estimate = instantiate(cfg)
     assert estimate.func.__wrapped__ is ESTIMATORS.get(name)
     assert set(estimate.keywords) <= set(inspect.signature(ESTIMATORS.get(name)).parameters)

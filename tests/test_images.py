@@ -316,24 +316,20 @@ def test_image_estimator_needs_an_image_policy(stores) -> None:
 def test_selection_over_a_state_free_rlds_prior(tmp_path) -> None:
     """`python -m datamil.select` on RLDS datasets whose episodes carry only camera frames."""
     import json
-    import os
-    import subprocess
-    import sys
+
+    from entry_points import run_app_ok, user_env
 
     from datamil.data.rlds import write_rlds
 
     prior = write_rlds(image_episodes(8, 0, state=False, dataset="cams"), tmp_path / "rlds", "cams_prior")
     target = write_rlds(image_episodes(4, 1, state=False, dataset="cams"), tmp_path / "rlds", "cams_target")
     tiny = [f"policy.{k}={list(v) if isinstance(v, tuple) else v}".replace(" ", "") for k, v in TINY.items()]
-    command = [
-        sys.executable, "-m", "datamil.select", "+task=cams", "data=rlds", f"data.prior={prior}",
+    overrides = [
+        "+task=cams", "data=rlds", f"data.prior={prior}",
         f"data.target={target}", "data.n_target_val=1", "policy=bc_image_only", "estimator=image",
         "estimator.fit.steps=5", "estimator.fit.batch_size=16", "estimator.proxy.batch_size=16",
-        "estimator.proxy.optim.total_steps=6", "selection.budget=0.25", f"hydra.run.dir={tmp_path / 'run'}",
-        *tiny,
+        "estimator.proxy.optim.total_steps=6", "selection.budget=0.25", *tiny,
     ]  # fmt: skip
-    env = {**os.environ, "DATAMIL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_app_ok("datamil.select", *overrides, env=user_env(tmp_path / "cache"), run_dir=tmp_path / "run")
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())
     assert len(selection["selected"]) == 2 and selection["method"] == "image"

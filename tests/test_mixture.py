@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
+from entry_points import run_app_ok, user_env  # noqa: E402
 
 from datamil.data.rlds import write_rlds  # noqa: E402
 from datamil.data.schema import Episode, EpisodeMeta  # noqa: E402
@@ -152,16 +150,16 @@ def test_select_over_a_mixture_prior_end_to_end(datasets, tmp_path):
         f"{{path: {datasets['fractal']}, label: rt1, robot: google_robot, weight: 2}}]"
     )
     tiny = ["policy.channels=[8,8]", "policy.strides=[2,1]", "policy.keypoints=4", "policy.feature_dim=8"]
-    command = [
-        sys.executable, "-m", "datamil.select", "+task=t", "data=rlds", prior,
+    overrides = [
+        "+task=t", "data=rlds", prior,
         f"data.target={datasets['target']}", "data.n_target_val=1", "policy=bc_image_only",
         "estimator=image", "policy.image_size=[16,16]", "policy.hidden=[16,16]", *tiny,
         "estimator.fit.steps=3", "estimator.fit.batch_size=8", "estimator.proxy.batch_size=8",
-        "estimator.proxy.optim.total_steps=3", "selection.budget=0.5", f"hydra.run.dir={tmp_path / 'run'}",
+        "estimator.proxy.optim.total_steps=3", "selection.budget=0.5",
     ]  # fmt: skip
-    env = {**os.environ, "DATAMIL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_app_ok(
+        "datamil.select", *overrides, env=user_env(tmp_path / "cache"), run_dir=tmp_path / "run"
+    )
     output = done.stdout + done.stderr
     assert "state sizes differ" in output and "Traceback" not in output
     selection = json.loads((tmp_path / "run" / "selection.json").read_text())

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import yaml
 pytest.importorskip("tensorflow_datasets")
 
 import rlds_fixtures as fx  # noqa: E402
+from entry_points import run_app_ok, user_env  # noqa: E402
 
 from datamil.checkpoint import load_policy  # noqa: E402
 from datamil.data.rlds import write_rlds  # noqa: E402
@@ -71,10 +70,7 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 
 def cli(module: str, *overrides: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DATAMIL_CACHE": str(cache), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_app_ok(module, *overrides, env=user_env(cache), run_dir=run_dir)
     assert "Traceback" not in done.stdout + done.stderr
     return done
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TINY_DATA, TINY_TASK
+from entry_points import run_app
 from local_ray import local_ray, needs_ray, ray_env
 from omegaconf import OmegaConf
 
@@ -31,8 +33,21 @@ TINY = [
 
 
 def select(*overrides: str, env: dict, hydra_dir) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "datamil.select", *TINY, *overrides, f"hydra.run.dir={hydra_dir}"]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return run_app("datamil.select", *TINY, *overrides, env=env, run_dir=hydra_dir)
+
+
+def assert_gather_is_the_single_run(shared: Path, single: Path, env: dict, hydra_dir: Path) -> None:
+    """Gather the seed files in `shared`; its selection and scores must equal the single process's."""
+    gathered = select("n_proxy_seeds=2", "gather=true", f"run_dir={shared}", env=env, hydra_dir=hydra_dir)
+    assert gathered.returncode == 0, gathered.stderr[-2000:]
+    one = json.loads((single / "selection.json").read_text())
+    fanned = json.loads((shared / "selection.json").read_text())
+    assert fanned["scores"] == one["scores"] and fanned["selected"] == one["selected"]
+    assert fanned["method"] == one["method"] == "metagrad"
+    for seed in (0, 1):
+        np.testing.assert_array_equal(
+            np.load(score_path(shared, seed))["scores"], np.load(score_path(single, seed))["scores"]
+        )
 
 
 @pytest.mark.slow
@@ -53,19 +68,7 @@ def test_two_seed_jobs_gathered_equal_one_process_and_a_missing_seed_is_refused(
         assert job.returncode == 0, job.stderr[-2000:]
         assert "gather=true" in job.stdout and not (shared / "selection.json").exists()
         assert (tmp_path / f"job{seed}" / "config.yaml").is_file()  # each job's config, next to its log
-    gathered = select(
-        "n_proxy_seeds=2", "gather=true", f"run_dir={shared}", env=cli_env, hydra_dir=tmp_path / "gather"
-    )
-    assert gathered.returncode == 0, gathered.stderr[-2000:]
-    one = json.loads((tmp_path / "single" / "selection.json").read_text())
-    fanned = json.loads((shared / "selection.json").read_text())
-    assert fanned["scores"] == one["scores"] and fanned["selected"] == one["selected"]
-    assert fanned["method"] == one["method"] == "metagrad"
-    for seed in (0, 1):
-        np.testing.assert_array_equal(
-            np.load(score_path(shared, seed))["scores"],
-            np.load(score_path(tmp_path / "single", seed))["scores"],
-        )
+    assert_gather_is_the_single_run(shared, tmp_path / "single", cli_env, tmp_path / "gather")
 
     score_path(shared, 1).unlink()
     refused = select(
@@ -144,10 +147,4 @@ def test_two_seed_jobs_on_a_local_ray_gather_to_the_single_process(tiny_task_dat
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     assert "Ray Launcher is launching 2 jobs" in sweep.stdout + sweep.stderr
     assert sorted(p.name for p in (shared / "scores").glob("seed*.npz")) == ["seed0.npz", "seed1.npz"]
-    gathered = select(
-        "n_proxy_seeds=2", "gather=true", f"run_dir={shared}", env=env, hydra_dir=tmp_path / "gather"
-    )
-    assert gathered.returncode == 0, gathered.stderr[-2000:]
-    one = json.loads((tmp_path / "single" / "selection.json").read_text())
-    fanned = json.loads((shared / "selection.json").read_text())
-    assert fanned["scores"] == one["scores"] and fanned["selected"] == one["selected"]
+    assert_gather_is_the_single_run(shared, tmp_path / "single", env, tmp_path / "gather")

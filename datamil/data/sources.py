@@ -135,32 +135,34 @@ def cached_store(
         return ingest_rlds(rlds_dir, store_dir)
 
 
+# datamil/configs/data/<name>.yaml is the only source of the defaults its source class restates
+_METAWORLD, _RLDS, _ROBOMIMIC = (configured("data", name) for name in ("metaworld", "rlds", "robomimic"))
+
+
 @dataclass
 class MetaWorldSource:
     """Self-generated MetaWorld data: a prior of scripted experts (with noise, so successes and failures)
     across many tasks, with some target-task data inside it, plus clean target demos split by seed."""
 
     # e.g. [metaworld/reach, push]; empty = whole suite. Default: datamil/configs/data/metaworld.yaml, as below
-    prior_tasks: list[str] = field(
-        default_factory=lambda: list(configured("data", "metaworld")["prior_tasks"])
-    )
-    episodes_per_task: int = configured("data", "metaworld")["episodes_per_task"]
-    target_in_prior: bool = True  # the reference prior holds some target-task data too
-    noise_levels: tuple[float, ...] = (0.1, 0.5, 1.0)
-    max_steps: int = 200  # prior episode length cap
-    target_max_steps: int = 500  # target demo length cap
-    target_noise: float = 0.05  # action noise of the (successful) target demos
-    n_target_demos: int = 20
-    n_target_val: int = 10
-    seed: int = 0
-    workers: int = 2
+    prior_tasks: list[str] = field(default_factory=lambda: list(_METAWORLD["prior_tasks"]))
+    episodes_per_task: int = _METAWORLD["episodes_per_task"]
+    target_in_prior: bool = _METAWORLD["target_in_prior"]  # the reference prior has target data too
+    noise_levels: tuple[float, ...] = _METAWORLD["noise_levels"]
+    max_steps: int = _METAWORLD["max_steps"]  # prior episode length cap
+    target_max_steps: int = _METAWORLD["target_max_steps"]  # target demo length cap
+    target_noise: float = _METAWORLD["target_noise"]  # action noise of the (successful) target demos
+    n_target_demos: int = _METAWORLD["n_target_demos"]
+    n_target_val: int = _METAWORLD["n_target_val"]
+    seed: int = _METAWORLD["seed"]
+    workers: int = _METAWORLD["workers"]
     cache_dir: str | None = None
     cameras: dict[str, str] = field(default_factory=dict)  # obs key -> camera, e.g. {image_primary: corner}
     image_size: tuple[int, int] = (84, 84)  # (H, W) of rendered frames
     render_fast: bool = True  # shadows, reflections and skybox off (~9x faster software rendering)
     render_samples: int = 0  # multisample anti-aliasing (MuJoCo's default 4 costs ~3x on software GL)
     image_encoding: str = "png"  # how frames are stored in RLDS: png (lossless) or jpeg
-    normalization: str = "none"  # actions already live in [-1, 1]; q01_q99 | mean_std normalize per dataset
+    normalization: str = _METAWORLD["normalization"]  # actions already live in [-1, 1]
 
     def camera_config(self):  # -> datamil.sim_tasks.render.CameraConfig | None
         """The rendering settings, or None when the data is state-only (no cameras)."""
@@ -275,15 +277,15 @@ class RLDSSource:
     )
     target_standardization: str | None = None  # the target's OXE row; None = its own (see _target_reading)
     target_mapping: dict | None = None  # read the target by config (docs/oxe.md); None = its own entry
-    normalization: str = "q01_q99"  # per-dataset action/state normalization: q01_q99 | mean_std | none
-    n_target_val: int = 2
-    seed: int = 0
+    normalization: str = _RLDS["normalization"]  # per dataset: q01_q99 | mean_std | none
+    n_target_val: int = _RLDS["n_target_val"]
+    seed: int = _RLDS["seed"]
     data_dir: str | None = None
     max_prior_episodes: int | None = None
     cache_dir: str | None = None
     prior_image_keys: dict[str, str] | None = None  # e.g. {image_1: image_primary}; None = the registry's
     target_image_keys: dict[str, str] | None = None  # the same for the target demos
-    grayscale_to_rgb: bool = False  # repeat one-channel cameras to RGB; False = reject them
+    grayscale_to_rgb: bool = _RLDS["grayscale_to_rgb"]  # False = reject one-channel cameras
     mapping: dict | None = None  # read the single prior by config (docs/oxe.md); None = its registry entry
 
     # what the apps say when a required setting is missing (datamil.cli.require_values)
@@ -421,15 +423,13 @@ class RobomimicSource:
 
     prior: str = ""
     target: str = ""
-    state_keys: list[str] = field(
-        default_factory=lambda: ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
-    )
-    image_keys: dict[str, str] = field(default_factory=dict)  # e.g. {agentview_image: image_primary}
+    state_keys: list[str] = field(default_factory=lambda: list(_ROBOMIMIC["state_keys"]))
+    image_keys: dict[str, str] = field(default_factory=lambda: dict(_ROBOMIMIC["image_keys"]))
     prior_filter_key: str | None = None
     target_filter_key: str | None = None
-    n_target_val: int = 2
-    seed: int = 0
-    normalization: str = "none"  # robomimic's delta actions live in [-1, 1]; q01_q99 | mean_std normalize
+    n_target_val: int = _ROBOMIMIC["n_target_val"]
+    seed: int = _ROBOMIMIC["seed"]
+    normalization: str = _ROBOMIMIC["normalization"]  # delta actions already in [-1, 1]
 
     usage: ClassVar[str] = "data=robomimic needs data.prior=<file.hdf5> and data.target=<file.hdf5>"
 

@@ -342,17 +342,35 @@ def finite_difference(
     eps: float = 1e-6,
 ) -> float:
     """Central difference (S(w + eps e_row) - S(w - eps e_row)) / 2 eps of the same run: the test oracle."""
+
+    def step(params: Params, state: OptState, t: int, rows: torch.Tensor, delta: float) -> tuple:
+        w = torch.ones(cfg.batch_size, dtype=torch.float64, device=rows.device)
+        w = w + delta * (rows == row).double()
+        return step_fn(policy, pool, cfg, rows, t, False)(
+            params, state, w.to(params[next(iter(params))].dtype)
+        )
+
+    return replayed_difference(policy, pool, surrogate, cfg, seed, step, eps)
+
+
+def replayed_difference(
+    policy: Policy,
+    pool: TrainPool,
+    surrogate: Surrogate,
+    cfg: ProxyConfig,
+    seed: int,
+    perturbed_step: Callable[[Params, OptState, int, torch.Tensor, float], tuple[Params, OptState]],
+    eps: float,
+) -> float:
+    """(S(+eps) - S(-eps)) / 2 eps: the proxy run replayed twice from the same start and batch order, step t
+    taken by `perturbed_step(params, state, t, rows, delta)` with delta = +eps, then -eps. The oracle of
+    the finite-difference tests; what a step perturbs (a sample's weight, an injected loss) is the caller's."""
     values = []
     order = batch_order(pool, cfg, seed)
-    for sign in (1.0, -1.0):
+    for delta in (eps, -eps):
         params, state = initial_state(policy, seed)
         for t in range(cfg.steps):
-            rows = order(t)
-            w = torch.ones(cfg.batch_size, dtype=torch.float64, device=rows.device)
-            w = w + sign * eps * (rows == row).double()
-            params, state = step_fn(policy, pool, cfg, rows, t, False)(
-                params, state, w.to(params[next(iter(params))].dtype)
-            )
+            params, state = perturbed_step(params, state, t, order(t), delta)
         values.append(float(surrogate(params)))
     return (values[0] - values[1]) / (2 * eps)
 
@@ -363,5 +381,6 @@ __all__ = [
     "metagradient",
     "record_segment",
     "pull_back",
+    "replayed_difference",
     "run_metagrad",
 ]

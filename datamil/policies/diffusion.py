@@ -25,6 +25,7 @@ from datamil.data.sampling import ACTION_CHUNK, ACTION_CHUNK_MASK, action_chunks
 from datamil.errors import DatamilError
 from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import ACTIVATIONS, mlp
+from datamil.registry import configured
 
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # Weyl increment between the counters of one sample
@@ -77,6 +78,10 @@ def timestep_embedding(k: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
+# datamil/configs/policy/diffusion.yaml is the only source of these defaults
+DEFAULTS = configured("policy", "diffusion")
+
+
 class DiffusionPolicy(Policy):
     """eps_theta(x_k, k, s): an MLP on [noisy chunk (H*A), normalized state, timestep embedding]."""
 
@@ -84,16 +89,16 @@ class DiffusionPolicy(Policy):
         self,
         obs_dim: int,
         action_dim: int,
-        horizon: int = 8,
-        n_action_steps: int = 4,
-        hidden: Sequence[int] = (512, 512, 512),
-        activation: str = "gelu",
-        time_embed_dim: int = 64,
-        train_timesteps: int = 100,
-        inference_steps: int = 10,
-        noise_seed: int = 0,
-        mask_padding: bool = False,
-        sample_seed: int = 0,
+        horizon: int = DEFAULTS["horizon"],
+        n_action_steps: int = DEFAULTS["n_action_steps"],
+        hidden: Sequence[int] = DEFAULTS["hidden"],
+        activation: str = DEFAULTS["activation"],
+        time_embed_dim: int = DEFAULTS["time_embed_dim"],
+        train_timesteps: int = DEFAULTS["train_timesteps"],
+        inference_steps: int = DEFAULTS["inference_steps"],
+        noise_seed: int = DEFAULTS["noise_seed"],
+        mask_padding: bool = DEFAULTS["mask_padding"],
+        sample_seed: int = DEFAULTS["sample_seed"],
         state_stats: NormStats | None = None,
     ) -> None:
         super().__init__()

@@ -20,9 +20,14 @@ from torch import Tensor
 from datamil.data.normalization import NormStats
 from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
 from datamil.policies.mlp import mlp
+from datamil.registry import configured
 
 ACTION_CLIP = 1.0 - 1e-4  # atanh(1 - 1e-4) ~ 4.95: finite, and the Jacobian term stays bounded
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+# datamil/configs/policy/bc_gaussian.yaml is the only source of these defaults
+DEFAULTS = configured("policy", "bc_gaussian")
 
 
 class GaussianPolicy(Policy):
@@ -36,11 +41,11 @@ class GaussianPolicy(Policy):
         self,
         obs_dim: int,
         action_dim: int,
-        hidden: Sequence[int] = (400, 400, 400),
-        activation: str = "gelu",
+        hidden: Sequence[int] = DEFAULTS["hidden"],
+        activation: str = DEFAULTS["activation"],
         state_stats: NormStats | None = None,
-        log_std_min: float = -5.0,
-        log_std_max: float = 1.0,
+        log_std_min: float = DEFAULTS["log_std_min"],
+        log_std_max: float = DEFAULTS["log_std_max"],
     ) -> None:
         super().__init__()
         self.action_dim = action_dim

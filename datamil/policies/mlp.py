@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from datamil.data.normalization import NormStats
 from datamil.policies.base import ACTION, OBS_STATE_KEY, Batch, Normalizer, Policy
+from datamil.registry import configured
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
@@ -26,6 +27,10 @@ def mlp(sizes: Sequence[int], activation: str = "gelu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# datamil/configs/policy/bc_mlp.yaml is the only source of these defaults
+DEFAULTS = configured("policy", "bc_mlp")
+
+
 class MLPPolicy(Policy):
     """Deterministic BC: action = tanh(MLP(normalized state)); per-sample loss = MSE to the demo action.
 
@@ -38,8 +43,8 @@ class MLPPolicy(Policy):
         self,
         obs_dim: int,
         action_dim: int,
-        hidden: Sequence[int] = (256, 256),
-        activation: str = "gelu",
+        hidden: Sequence[int] = DEFAULTS["hidden"],
+        activation: str = DEFAULTS["activation"],
         state_stats: NormStats | None = None,
     ) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ from datamil.errors import DataError, DatamilError
 from datamil.policies.base import ACTION, INDEX, OBS_STATE_KEY, POLICIES, Batch, Normalizer, Policy
 from datamil.policies.diffusion import hash_uniform
 from datamil.policies.mlp import ACTIVATIONS
+from datamil.registry import configured
 
 OBS_PREFIX = "obs/"
 _SHIFT_STREAM = 7  # hash stream of the augmentation offsets (the diffusion loss uses streams 0 and 1)
@@ -209,6 +210,10 @@ class ObsEncoder(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
+# datamil/configs/policy/bc_image.yaml is the only source of these defaults (diffusion_image.yaml's equal them)
+DEFAULTS = configured("policy", "bc_image")
+
+
 class VisionPolicy(Policy):
     """Any head policy (registry name `head`) on ObsEncoder features; see the module docstring.
 
@@ -228,14 +233,14 @@ class VisionPolicy(Policy):
         head: str | None = None,
         image_keys: Sequence[str] = (),
         image_shapes: Mapping[str, Sequence[int]] | None = None,
-        image_size: Sequence[int] | None = (84, 84),
-        use_state: bool = True,
-        channels: Sequence[int] = (32, 32, 32),
-        strides: Sequence[int] = (2, 2, 1),
-        keypoints: int = 32,
-        feature_dim: int = 64,
-        shift_pad: int = 4,
-        aug_seed: int = 0,
+        image_size: Sequence[int] | None = DEFAULTS["image_size"],
+        use_state: bool = DEFAULTS["use_state"],
+        channels: Sequence[int] = DEFAULTS["channels"],
+        strides: Sequence[int] = DEFAULTS["strides"],
+        keypoints: int = DEFAULTS["keypoints"],
+        feature_dim: int = DEFAULTS["feature_dim"],
+        shift_pad: int = DEFAULTS["shift_pad"],
+        aug_seed: int = DEFAULTS["aug_seed"],
         cameras: Mapping[str, str] | None = None,
         state_stats: NormStats | None = None,
         render: Mapping[str, Any] | None = None,

@@ -28,6 +28,7 @@ import numpy as np
 
 from datamil.errors import DatamilError
 from datamil.real_robot.robot import EE_POSE, GRIPPER, STATE, SUCCESS, TIMESTAMP, ActionSpace, Observation
+from datamil.registry import configured
 
 METERS_PER_UNIT = 0.01  # MetaWorld's action_scale: mocap displacement per unit action per step
 SIM_ACTION_SPACE = ActionSpace(
@@ -56,6 +57,10 @@ def from_common(action: np.ndarray) -> np.ndarray:
     return np.concatenate([action[..., :3] / METERS_PER_UNIT, grip], axis=-1)
 
 
+# datamil/configs/robot/sim.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "sim", key="robot")
+
+
 class SimArm:
     """A MetaWorld env behind the Robot protocol. `home()` starts the next seeded layout of the task."""
 
@@ -65,12 +70,12 @@ class SimArm:
         self,
         task: str = "metaworld/reach",
         seed: int = 0,
-        stream: int = 0,
-        max_env_steps: int = 5000,
+        stream: int = DEFAULTS["stream"],
+        max_env_steps: int = DEFAULTS["max_env_steps"],
         cameras: Mapping[str, str] | None = None,
-        image_size: Sequence[int] = (84, 84),
-        render_fast: bool = True,
-        render_samples: int = 0,
+        image_size: Sequence[int] = DEFAULTS["image_size"],
+        render_fast: bool = DEFAULTS["render_fast"],
+        render_samples: int = DEFAULTS["render_samples"],
     ) -> None:
         self.task, self.seed, self.stream, self.max_env_steps = task, seed, stream, max_env_steps
         self.render_fast = bool(render_fast)
@@ -111,10 +116,11 @@ class SimArm:
     def connect(self) -> None:
         """Build the env (MetaWorld imports here, like a vendor SDK would); with cameras, in a worker."""
         from datamil.real_robot.sim_worker import EnvProcess, SimEnv
+        from datamil.sim_tasks import EnvSpec
 
         if self._sim is None:
             make = SimEnv if self.cameras is None else EnvProcess
-            self._sim = make(self.task, self.seed, self.stream, self.max_env_steps, self.cameras)
+            self._sim = make(EnvSpec(self.task, self.seed, self.stream, self.max_env_steps, self.cameras))
             self.episode = -1
 
     def _require_sim(self) -> Any:

@@ -20,34 +20,28 @@ import subprocess
 import sys
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from datamil.errors import DatamilError
 
+if TYPE_CHECKING:  # the worker unpickles it; importing it here would load the env suites early
+    from datamil.sim_tasks.suites import EnvSpec
+
 Reading = tuple[np.ndarray, bool, dict[str, np.ndarray]]  # state (39,), success so far, {image_*: (H, W, 3)}
 
 
 class SimEnv:
-    """The env behind SimArm in this process; `cameras` (datamil.sim_tasks.render.CameraConfig) adds frames."""
+    """The env behind SimArm in this process; `spec.cameras` (datamil.sim_tasks.render.CameraConfig) adds frames."""
 
-    def __init__(
-        self,
-        task: str,
-        seed: int,
-        stream: int,
-        max_steps: int,
-        cameras: Any = None,
-    ) -> None:
-        from datamil.sim_tasks import make_env
-
-        self.env = make_env(task, seed, stream, max_steps=max_steps)
+    def __init__(self, spec: EnvSpec) -> None:
+        self.env = spec.make()
         self.renderer: Any = None
-        if cameras is not None:
+        if spec.cameras is not None:
             from datamil.sim_tasks.render import EnvFrames
 
-            self.renderer = EnvFrames(self.env, cameras)
+            self.renderer = EnvFrames(self.env, spec.cameras)
         self._state: np.ndarray | None = None
         self._success = False
         self._frames: dict[str, np.ndarray] | None = None  # of the current state, once rendered
@@ -79,7 +73,7 @@ def _serve(conn: Connection) -> None:
     """Worker: build a SimEnv from the first message, then run (command, argument) until "close" or EOF."""
     sim = None
     try:
-        sim = SimEnv(*conn.recv())
+        sim = SimEnv(conn.recv())
         conn.send(None)
         while True:
             try:
@@ -106,13 +100,13 @@ def _serve(conn: Connection) -> None:
 class EnvProcess:
     """A SimEnv in `python -m datamil.real_robot.sim_worker`, with the same calls."""
 
-    def __init__(self, task: str, seed: int, stream: int, max_steps: int, cameras: Any) -> None:
+    def __init__(self, spec: EnvSpec) -> None:
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "datamil.real_robot.sim_worker", str(theirs.fileno())]
         self._process = subprocess.Popen(command, pass_fds=[theirs.fileno()])
         theirs.close()
         self._conn = Connection(ours.detach())
-        self._send((task, seed, stream, max_steps, cameras))
+        self._send(spec)
         self._receive()
 
     def _died(self) -> DatamilError:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from datamil.sim_tasks.render import CameraConfig, EnvFrames
-from datamil.sim_tasks.suites import make_env
+from datamil.sim_tasks.suites import EnvSpec
 
 # obs (S, D) -- or, with cameras, {"state": (S, D), "image_*": (S, H, W, 3)} -- reward, success, truncated (S,)
 Step = tuple[Any, np.ndarray, np.ndarray, np.ndarray]
@@ -34,11 +34,10 @@ class EnvPool(Protocol):
 class LocalEnvs:
     """n env slots in this process; with cameras, observations also carry each slot's rendered frames."""
 
-    def __init__(
-        self, task: str, seed: int, stream: int, max_steps: int, n: int, cameras: CameraConfig | None = None
-    ) -> None:
-        self.seed = seed
-        self.envs = [make_env(task, seed, stream, max_steps) for _ in range(n)]
+    def __init__(self, spec: EnvSpec, n: int) -> None:
+        self.seed = spec.seed
+        self.envs = [spec.make() for _ in range(n)]
+        cameras = spec.cameras
         self.frames = [EnvFrames(env, cameras) for env in self.envs] if cameras is not None else None
 
     def _obs(self, slots: list[int], states: list[np.ndarray]) -> Any:
@@ -97,16 +96,7 @@ def _checked(message: Any) -> Any:
 class WorkerEnvs:
     """n env slots sharded over `workers` processes; slot s is local slot s // workers of worker s % workers."""
 
-    def __init__(
-        self,
-        task: str,
-        seed: int,
-        stream: int,
-        max_steps: int,
-        n: int,
-        workers: int,
-        cameras: CameraConfig | None = None,
-    ) -> None:
+    def __init__(self, spec: EnvSpec, n: int, workers: int) -> None:
         ctx = get_context("spawn")
         self.workers = workers
         self.conns: list[Connection] = []
@@ -114,9 +104,7 @@ class WorkerEnvs:
         for w in range(workers):
             parent, child = ctx.Pipe()
             shard = len(range(w, n, workers))
-            proc = ctx.Process(
-                target=_serve, args=(child, (task, seed, stream, max_steps, shard, cameras)), daemon=True
-            )
+            proc = ctx.Process(target=_serve, args=(child, (spec, shard)), daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -180,8 +168,9 @@ def make_pool(
     With cameras the envs always live in worker processes (at least one): Mesa's EGL crashes a process
     that also loads TensorFlow, and GL contexts then never outlive the pool.
     """
+    spec = EnvSpec(task, seed, stream, max_steps, cameras)
     if cameras is not None:
-        return WorkerEnvs(task, seed, stream, max_steps, n, max(1, min(workers, n)), cameras)
+        return WorkerEnvs(spec, n, max(1, min(workers, n)))
     if workers <= 1 or n <= 1:
-        return LocalEnvs(task, seed, stream, max_steps, n)
-    return WorkerEnvs(task, seed, stream, max_steps, n, min(workers, n))
+        return LocalEnvs(spec, n)
+    return WorkerEnvs(spec, n, min(workers, n))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -247,34 +248,19 @@ def generate_episodes(
     tasks: Sequence[str],
     episodes_per_task: int,
     seed: int,
-    noise_levels: Sequence[float] = (0.1, 0.5, 1.0),
-    max_steps: int = 200,
-    truncate_prob: float = 0.1,
-    perturb_prob: float = 0.25,
-    post_success_steps: int = 5,
     workers: int = 2,
     progress: bool = True,
-    cameras: CameraConfig | None = None,
+    **plan: Any,
 ) -> list[Episode]:
     """Prior data: noisy, perturbed and truncated scripted-expert episodes, successes and failures.
 
     Returns len(tasks) * episodes_per_task episodes, task-major; ids "<task>/s<seed>/<i>".
     meta.success says whether the kept steps reach the task's success. extras, all (T,) or (T, 4):
     "success", the clean "expert_action", "noise_level", "perturbed" (a random burst acted) and "cut".
-    cameras: also render these cameras into image observations (T, H, W, 3) uint8 (default: none).
+    plan: the settings of `plan_episodes` (noise_levels, max_steps, truncate_prob, perturb_prob,
+    post_success_steps, and cameras: also render these into image observations (T, H, W, 3) uint8).
     """
-    specs = plan_episodes(
-        tasks,
-        episodes_per_task,
-        seed,
-        noise_levels,
-        max_steps,
-        truncate_prob,
-        perturb_prob,
-        post_success_steps,
-        cameras,
-    )
-    return run_specs(specs, workers, progress)
+    return run_specs(plan_episodes(tasks, episodes_per_task, seed, **plan), workers, progress)
 
 
 def generate_target_demos(

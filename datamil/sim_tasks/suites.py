@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import zlib
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -72,6 +73,22 @@ def make_env(
     """Env for `task` whose k-th episode starts from a layout fixed by (task, seed, stream, k)."""
     suite, short = split_task(task)
     return suite.make_env(short, seed, stream, max_steps, **env_kwargs)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Which env a slot or a simulated arm holds, `make_env(task, seed, stream, max_steps)`, and the cameras
+    rendered from it (a datamil.sim_tasks.render.CameraConfig, or None: no frames). Plain and picklable,
+    so a worker process builds the same env from it."""
+
+    task: str
+    seed: int
+    stream: int
+    max_steps: int
+    cameras: Any = None
+
+    def make(self) -> gym.Env:
+        return make_env(self.task, self.seed, self.stream, max_steps=self.max_steps)
 
 
 def make_expert(task: str) -> Expert:

@@ -1,9 +1,11 @@
-"""What the end-effector drivers share: settings validation, the 7-d delta convention, pose math."""
+"""What the end-effector drivers share: settings validation, the 7-d delta convention, pose math, and
+the base class that holds them."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from typing import ClassVar
 
 import numpy as np
 
@@ -53,3 +55,24 @@ def ee_observation(pose: np.ndarray, gripper: float, cameras: CameraSet) -> Obse
     pose = np.asarray(pose, np.float64)
     state = np.concatenate([pose, [gripper]]).astype(np.float32)
     return {STATE: state, EE_POSE: pose, GRIPPER: float(gripper), TIMESTAMP: time.time(), **cameras.read()}
+
+
+class EndEffectorArm:
+    """The part every end-effector driver has alike: a validated host, the 7-d delta action space and the
+    cameras; `observe` from the driver's own `_pose` (6,) and `_gripper` (action units)."""
+
+    vendor: ClassVar[str]  # names the driver in errors, e.g. "franka"
+
+    def __init__(self, host: str, action_space: ActionSpace | dict | None, cameras: list | None) -> None:
+        self.host = check_host(host, f"{self.vendor} host")
+        self.action_space = ee_action_space(action_space)
+        self.cameras = CameraSet(cameras)
+
+    def _pose(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _gripper(self) -> float:
+        raise NotImplementedError
+
+    def observe(self) -> Observation:
+        return ee_observation(self._pose(), self._gripper(), self.cameras)

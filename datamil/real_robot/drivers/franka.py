@@ -12,37 +12,38 @@ from typing import Any
 
 import numpy as np
 
-from datamil.real_robot.cameras import CameraSet
-from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.drivers.common import EndEffectorArm, apply_delta
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
-HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)  # the usual "ready" pose, radians
+# datamil/configs/robot/franka.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "franka", key="robot")
 
 
-class FrankaArm:
+class FrankaArm(EndEffectorArm):
     """Franka through franky: 7-d delta actions become asynchronous absolute Cartesian motions."""
+
+    vendor = "franka"
 
     def __init__(
         self,
         host: str,
-        dynamics_factor: float = 0.1,
-        gripper_width: float = 0.08,
-        gripper_speed: float = 0.05,
-        home_joints: Sequence[float] = HOME_JOINTS,
+        dynamics_factor: float = DEFAULTS["dynamics_factor"],
+        gripper_width: float = DEFAULTS["gripper_width"],
+        gripper_speed: float = DEFAULTS["gripper_speed"],
+        home_joints: Sequence[float] = DEFAULTS["home_joints"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
     ) -> None:
-        self.host = check_host(host, "franka host")
+        super().__init__(host, action_space, cameras)
         self.dynamics_factor, self.gripper_width, self.gripper_speed = (
             dynamics_factor,
             gripper_width,
             gripper_speed,
         )
         self.home_joints = tuple(float(q) for q in home_joints)
-        self.action_space = ee_action_space(action_space)
-        self.cameras = CameraSet(cameras)
         self._robot: Any = None
-        self._gripper: Any = None
+        self._hand: Any = None  # franky.Gripper
         self._open: bool | None = None
 
     def connect(self) -> None:
@@ -52,7 +53,7 @@ class FrankaArm:
         self._robot = franky.Robot(self.host)
         self._robot.recover_from_errors()
         self._robot.relative_dynamics_factor = self.dynamics_factor
-        self._gripper = franky.Gripper(self.host)
+        self._hand = franky.Gripper(self.host)
         self.cameras.open()
 
     def _pose(self) -> np.ndarray:
@@ -62,9 +63,8 @@ class FrankaArm:
         rpy = Rotation.from_quat(np.asarray(affine.quaternion)).as_euler("xyz")
         return np.concatenate([np.asarray(affine.translation), rpy])
 
-    def observe(self) -> Observation:
-        opening = float(self._gripper.width) / self.gripper_width
-        return ee_observation(self._pose(), opening, self.cameras)
+    def _gripper(self) -> float:
+        return float(self._hand.width) / self.gripper_width
 
     def apply(self, action: np.ndarray) -> None:
         from scipy.spatial.transform import Rotation
@@ -77,7 +77,7 @@ class FrankaArm:
 
     def _set_gripper(self, open_: bool) -> None:
         if open_ != self._open:
-            self._gripper.move_async(self.gripper_width if open_ else 0.0, self.gripper_speed)
+            self._hand.move_async(self.gripper_width if open_ else 0.0, self.gripper_speed)
             self._open = open_
 
     def home(self) -> Observation:

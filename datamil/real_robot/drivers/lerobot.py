@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from datamil.errors import DatamilError
 from datamil.real_robot.robot import EE_POSE, GRIPPER, STATE, TIMESTAMP, ActionSpace, Observation
 from datamil.real_robot.safety import JOINTS
+from datamil.registry import configured
 
 
 def make_lerobot_device(kind: str, type_name: str, **config: Any) -> Any:
@@ -34,23 +36,25 @@ def make_lerobot_device(kind: str, type_name: str, **config: Any) -> Any:
     return make(config_base.get_choice_class(type_name)(**config))
 
 
+# datamil/configs/robot/lerobot.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "lerobot", key="robot")
+
+
 class LeRobotArm:
     """The Robot protocol on a LeRobot follower arm."""
 
     def __init__(
         self,
-        robot_type: str = "so100_follower",
-        port: str = "/dev/ttyACM0",
-        robot_id: str = "follower",
-        motors: list[str] | None = None,
-        rotation_scale: float = float(np.pi / 180.0),
+        robot_type: str = DEFAULTS["robot_type"],
+        port: str = DEFAULTS["port"],
+        robot_id: str = DEFAULTS["robot_id"],
+        motors: Sequence[str] = DEFAULTS["motors"],
+        rotation_scale: float = DEFAULTS["rotation_scale"],
         home_joints: list[float] | None = None,
         home_steps: int = 60,
     ) -> None:
         self.robot_type, self.port, self.robot_id = robot_type, port, robot_id
-        self.motors = list(
-            motors or ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
-        )
+        self.motors = list(motors)
         n = len(self.motors)
         if n < 2 or (home_joints is not None and len(home_joints) != n):
             raise DatamilError(f"lerobot: {n} motors and home_joints {home_joints} do not match")

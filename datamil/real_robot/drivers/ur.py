@@ -18,33 +18,34 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from datamil.real_robot.cameras import CameraSet
-from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.drivers.common import EndEffectorArm, apply_delta
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
-HOME_JOINTS = (0.0, -1.571, 1.571, -1.571, -1.571, 0.0)
+# datamil/configs/robot/ur.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "ur", key="robot")
 
 
-class URArm:
+class URArm(EndEffectorArm):
     """UR through ur-rtde: 7-d delta actions become servoL targets."""
+
+    vendor = "ur"
 
     def __init__(
         self,
         host: str,
-        servo_time: float = 0.066,
-        lookahead: float = 0.1,
-        gain: int = 300,
-        home_joints: Sequence[float] = HOME_JOINTS,
+        servo_time: float = DEFAULTS["servo_time"],
+        lookahead: float = DEFAULTS["lookahead"],
+        gain: int = DEFAULTS["gain"],
+        home_joints: Sequence[float] = DEFAULTS["home_joints"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
         gripper_output: int | None = None,
-        gripper_close_level: bool = True,
+        gripper_close_level: bool = DEFAULTS["gripper_close_level"],
     ) -> None:
-        self.host = check_host(host, "ur host")
+        super().__init__(host, action_space, cameras)
         self.servo_time, self.lookahead, self.gain = servo_time, lookahead, gain
         self.home_joints = tuple(float(q) for q in home_joints)
-        self.action_space = ee_action_space(action_space)
-        self.cameras = CameraSet(cameras)
         if gripper_output is not None and gripper_output not in range(8):
             raise DatamilError(f"ur gripper_output={gripper_output} must be a standard digital output, 0..7")
         self.gripper_output, self.gripper_close_level = gripper_output, bool(gripper_close_level)
@@ -87,9 +88,6 @@ class URArm:
         close = abs(command - space.gripper_closed) < abs(command - space.gripper_open)
         level = self.gripper_close_level if close else not self.gripper_close_level
         self._io.setStandardDigitalOut(self.gripper_output, level)
-
-    def observe(self) -> Observation:
-        return ee_observation(self._pose(), self._gripper(), self.cameras)
 
     def apply(self, action: np.ndarray) -> None:
         from scipy.spatial.transform import Rotation

@@ -12,27 +12,31 @@ from typing import Any
 import numpy as np
 
 from datamil.errors import DatamilError
-from datamil.real_robot.cameras import CameraSet
-from datamil.real_robot.drivers.common import apply_delta, check_host, ee_action_space, ee_observation
+from datamil.real_robot.drivers.common import EndEffectorArm, apply_delta
 from datamil.real_robot.robot import ActionSpace, Observation
+from datamil.registry import configured
 
 GRIPPER_COUNTS = 850.0
 
 
-class XArm:
+# datamil/configs/robot/xarm.yaml is the only source of these defaults
+DEFAULTS = configured("robot", "xarm", key="robot")
+
+
+class XArm(EndEffectorArm):
     """xArm through xarm-python-sdk: 7-d delta actions become servo-mode Cartesian targets (mm)."""
+
+    vendor = "xarm"
 
     def __init__(
         self,
         host: str,
-        gripper: bool = True,
+        gripper: bool = DEFAULTS["gripper"],
         action_space: ActionSpace | dict | None = None,
         cameras: list | None = None,
     ) -> None:
-        self.host = check_host(host, "xarm host")
+        super().__init__(host, action_space, cameras)
         self.has_gripper = gripper
-        self.action_space = ee_action_space(action_space)
-        self.cameras = CameraSet(cameras)
         self._arm: Any = None
 
     def connect(self) -> None:
@@ -62,9 +66,6 @@ class XArm:
             return 1.0
         code, counts = self._arm.get_gripper_position()
         return float(counts) / GRIPPER_COUNTS if code == 0 and counts is not None else 1.0
-
-    def observe(self) -> Observation:
-        return ee_observation(self._pose(), self._gripper(), self.cameras)
 
     def apply(self, action: np.ndarray) -> None:
         target = apply_delta(self._pose(), action, self.action_space)

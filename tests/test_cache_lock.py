@@ -9,7 +9,7 @@ from pathlib import Path
 
 import rlds_fixtures as fx
 
-from datamil.data.sources import cached_store
+from datamil.data.cache import cached_store
 from datamil.io import file_lock
 
 

@@ -8,32 +8,23 @@ keyed by everything that determines it, and reused when the same config asks aga
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from datamil.data.cache import cache_key, cached_store, default_cache_dir, files_fingerprint
 from datamil.data.mixture import check_labels, common_layout, drop_state, prior_entries, write_mixture
 from datamil.data.normalization import ActingNormalization, check_mode, group_stats, normalize_store
 from datamil.data.oxe_registry import plain
-from datamil.data.schema import Episode
 from datamil.data.splits import split_target
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
-from datamil.io import file_lock
 from datamil.registry import ConfigRegistry, configured
 
 DATA_SOURCES = ConfigRegistry("data source", "data")  # datamil/configs/data/<name>.yaml (_target_: the class)
-CACHE_VERSION = 1
 logger = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DATAMIL_CACHE", Path.home() / ".cache" / "datamil"))
 
 
 @dataclass
@@ -85,54 +76,6 @@ def normalize_task_data(data: TaskData, mode: str, prior_groups: Sequence[str] |
         target_val=normalize(data.target_val),
         normalization=acting,
     )
-
-
-def cache_key(config: dict) -> str:
-    """A short stable hash of everything that determines a dataset."""
-    text = json.dumps({"cache_version": CACHE_VERSION, **config}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def files_fingerprint(directory: Path | None) -> str | None:
-    """A hash of every file's relative name, size and mtime under `directory` (None for remote data).
-
-    Part of a converted store's cache key, so a dataset re-written in place is converted again instead
-    of silently reusing the stale store; stat-only, so checking a large dataset stays cheap.
-    """
-    if directory is None:
-        return None
-    entries = []
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        stat = path.stat()
-        entries.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-
-
-def cached_store(
-    directory: Path,
-    config: dict,
-    make_episodes: Callable[[], Iterable[Episode]],
-    image_encoding: str = "png",
-) -> TrajectoryStore:
-    """Load `directory/store`, or build it once: episodes → RLDS (`directory/rlds`) → store.
-
-    Going through RLDS means generated data lives in the same format as OXE data and real-robot
-    recordings, and the reader is exercised on every first run.
-    """
-    from datamil.data.rlds import ingest_rlds, write_rlds
-
-    store_dir = directory / "store"
-    if (store_dir / "meta.json").is_file():
-        return TrajectoryStore.load(store_dir)
-    with file_lock(directory.parent / f".{directory.name}.lock"):  # parallel jobs build it once
-        if (store_dir / "meta.json").is_file():  # another job built it while this one waited
-            return TrajectoryStore.load(store_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-        rlds_dir = write_rlds(
-            make_episodes(), directory / "rlds", name="datamil_metaworld", image_encoding=image_encoding
-        )
-        return ingest_rlds(rlds_dir, store_dir)
 
 
 # datamil/configs/data/<name>.yaml is the only source of the defaults its source class restates

@@ -260,7 +260,7 @@ def run_image(
         )
     if mode != "frozen":
         raise DatamilError(f"unknown image estimator mode {mode!r}; use 'frozen' or 'end_to_end'")
-    from datamil.data.sources import default_cache_dir
+    from datamil.data.cache import default_cache_dir
 
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "image_features"
     prior, val, target, timings = frozen_feature_stores(

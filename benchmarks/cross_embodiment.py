@@ -36,7 +36,8 @@ default preset's everything else); 25 evaluation episodes of at most 300 steps p
 by the seed (the same for every method); seeds 0, 1, 2. (A first run scored 0% for every method: the
 headline benchmark's co-training did not save the data normalization with the checkpoint, so a policy
 trained on q01_q99-normalized data acted on raw states. That is fixed in selection_quality.py; the
-settings are unchanged.)
+settings are unchanged. Before the bug was found, a run with reach as the target was started and discarded,
+its numbers as broken as push's.)
 
 Every stage is the headline benchmark's (benchmarks/selection_quality.py: select -> co-train -> evaluate,
 finished runs kept as row.json, selections cached), on `data=rlds` with the three-entry `data.prior`.

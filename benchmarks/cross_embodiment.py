@@ -33,7 +33,8 @@ steps at most); 7 target demos (5 train, 2 held out for the surrogate) in the sa
 (15 trajectories) for DataMIL (`metagrad`, the default estimator and top-k) and `random`; `all_prior`
 takes all 60, `target_only` none; co-training: bc_mlp, 2000 steps, batch 256, target:prior 1:1 (the
 default preset's everything else); 25 evaluation episodes of at most 300 steps per run, start states fixed
-by the seed (the same for every method); seeds 0, 1, 2. (A first run scored 0% for every method: the
+by the seed (the same for every method); seeds 0, 1, 2. (A first run scored 0% in both runs it finished
+(metagrad and all_prior, seed 0): the
 headline benchmark's co-training did not save the data normalization with the checkpoint, so a policy
 trained on q01_q99-normalized data acted on raw states. That is fixed in selection_quality.py; the
 settings are unchanged. Before the bug was found, a run with reach as the target was started and discarded,

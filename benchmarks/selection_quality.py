@@ -333,6 +333,7 @@ def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selec
         data.task,
         plan.config,
         checkpoint_every=10**9,
+        normalization=data.normalization,  # a normalized source (data=rlds) acts in the target's raw units
     )
     train_s = time.perf_counter() - start
     loaded = load_policy(path).policy

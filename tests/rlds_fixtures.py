@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from datamil.data.rlds_raw import flag_values, step_flags, tfds_module, write_raw  # noqa: F401 (re-exported)
 from datamil.data.schema import Episode, EpisodeMeta
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,29 +48,6 @@ def make_episodes(
     return episodes
 
 
-def tfds_module() -> Any:
-    """TFDS as datamil loads it: the same module, with its empty-temp-dir leak stopped (tfds_env)."""
-    from datamil.data.tfds_env import load_tf
-
-    _, tfds = load_tf()
-    tfds.display_progress_bar(False)
-    return tfds
-
-
-def write_raw(data_dir: Path, name: str, features: Any, examples: list[dict], version: str = "0.1.0") -> Path:
-    """Write raw RLDS examples with TFDS itself (no datamil code); returns the version directory."""
-    tfds = tfds_module()
-    builder = tfds.dataset_builders.store_as_tfds_dataset(
-        name=name,
-        version=version,
-        features=features,
-        data_dir=os.fspath(data_dir),
-        split_datasets={"train": list(enumerate(examples))},
-        disable_shuffling=True,
-    )
-    return Path(builder.data_dir)
-
-
 # ---------------------------------------------------------------- feature helpers
 def _f() -> Any:
     return tfds_module().features
@@ -84,22 +62,10 @@ def _img(channels: int = 3, dtype: Any = np.uint8) -> Any:
 
 
 def _flags() -> dict:
-    f = _f()
-    return {
-        "is_first": f.Scalar(np.bool_),
-        "is_last": f.Scalar(np.bool_),
-        "is_terminal": f.Scalar(np.bool_),
-        "reward": f.Scalar(np.float32),
-    }
+    return step_flags()
 
 
-def _flag_values(t: int) -> dict:
-    return {
-        "is_first": np.arange(t) == 0,
-        "is_last": np.arange(t) == t - 1,
-        "is_terminal": np.arange(t) == t - 1,
-        "reward": (np.arange(t) == t - 1).astype(np.float32),
-    }
+_flag_values = flag_values
 
 
 def _images(rng: np.random.Generator, t: int, channels: int = 3) -> np.ndarray:

@@ -17,39 +17,23 @@ import yaml
 
 pytest.importorskip("tensorflow_datasets")
 
-import rlds_fixtures as fx  # noqa: E402
 from entry_points import run_app_ok, user_env  # noqa: E402
 
 from datamil.checkpoint import load_policy  # noqa: E402
 from datamil.data.rlds import write_rlds  # noqa: E402
+from datamil.data.rlds_raw import state_action_example, state_action_features, write_raw  # noqa: E402
 from datamil.data.schema import Episode  # noqa: E402
 from datamil.sim_tasks.generate import generate_episodes, generate_target_demos  # noqa: E402
 
 TASK = "metaworld/reach"
 N_PER_DATASET = 3  # prior episodes of each of the three datasets
-
-
-def nested_features(state_dim: int) -> object:
-    """An OXE-style step: observation and action are dicts; the action is world_vector (3) + gripper (1)."""
-    f = fx._f()
-    steps = {
-        "observation": f.FeaturesDict({"state": fx._t(state_dim)}),
-        "action": f.FeaturesDict({"world_vector": fx._t(3), "gripper": fx._t(1)}),
-        **fx._flags(),
-    }
-    return f.FeaturesDict({"steps": f.Dataset(steps)})
+WORLD_VECTOR_GRIPPER = {"world_vector": 3, "gripper": 1}  # the nested dataset's OXE-style dict action
 
 
 def nested_example(episode: Episode) -> dict:
-    t = len(episode.actions)
+    """An episode in the nested layout: observation/state, action {world_vector (3), gripper (1)}."""
     action = {"world_vector": episode.actions[:, :3], "gripper": episode.actions[:, 3:]}
-    return {
-        "steps": {
-            "observation": {"state": episode.observations["state"]},
-            "action": action,
-            **fx._flag_values(t),
-        }
-    }
+    return state_action_example(episode.observations["state"], action)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +44,12 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     button = generate_episodes(["metaworld/button-press"], N_PER_DATASET, seed=1, **make)
     reach = generate_episodes([TASK], N_PER_DATASET, seed=2, **make)
     target = generate_target_demos(TASK, 4, seed=3, max_steps=150)
-    nested = fx.write_raw(root, "my_nested_arm", nested_features(39), [nested_example(e) for e in reach])
+    nested = write_raw(
+        root,
+        "my_nested_arm",
+        state_action_features(39, WORLD_VECTOR_GRIPPER),
+        [nested_example(e) for e in reach],
+    )
     return {
         "push": write_rlds(push, root, "mw_push"),
         "button": write_rlds(button, root, "mw_button"),

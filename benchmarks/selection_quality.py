@@ -66,7 +66,7 @@ from datamil.io import atomic_write_text, file_lock
 from datamil.selection import Selection, SelectionConfig, read_selection
 from datamil.selection.pipeline import run_selection
 from datamil.sim_tasks.evaluation import evaluate_checkpoint
-from datamil.training.cotraining import build_mixture, cotrain
+from datamil.training.cotraining import cotrain_on_selection
 
 
 def _load_tables():
@@ -313,27 +313,20 @@ def train_and_evaluate(plan: Plan, data: TaskData, method: str, seed: int, selec
     """Co-train on target-train + the selection, score the surrogate, roll out; the row of runs.csv."""
     run_dir = plan.out / "runs" / slug(data.task) / method / f"seed{seed}"
     c = plan.cotrain
-    mixture = build_mixture(
-        data.target_train,
-        data.prior,
+    start = time.perf_counter()
+    path, _, _ = cotrain_on_selection(
+        plan.policy,
+        data,
         selection.selected,
         c["target_ratio"],
         c["prior_ratio"],
         c["batch_size"],
-        seed,
-    )
-    start = time.perf_counter()
-    path, _ = cotrain(
-        plan.policy,
-        mixture,
         c["steps"],
         plan.optim,
         seed,
         run_dir,
-        data.task,
         plan.config,
         checkpoint_every=10**9,
-        normalization=data.normalization,  # a normalized source (data=rlds) acts in the target's raw units
     )
     train_s = time.perf_counter() - start
     loaded = load_policy(path).policy
@@ -451,7 +444,9 @@ def check_resumable(plan: Plan) -> None:
     settings = {k: v for k, v in plan.config.items() if k not in RUN_INDEPENDENT}
     data = settings.get("data")
     if isinstance(data, dict) and data.get("normalization") == "none":  # the identity: output directories
-        settings["data"] = {k: v for k, v in data.items() if k != "normalization"}  # from before the key match
+        settings["data"] = {
+            k: v for k, v in data.items() if k != "normalization"
+        }  # from before the key match
     path = plan.out / "settings.json"
     text = json.dumps(settings, sort_keys=True, default=str)
     if path.is_file() and path.read_text() != text:
@@ -576,7 +571,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--preset", default="quick", help="datamil/configs/benchmark/<preset>.yaml: quick | default | full | tiny"
+        "--preset",
+        default="quick",
+        help="datamil/configs/benchmark/<preset>.yaml: quick | default | full | tiny",
     )
     parser.add_argument(
         "--pilot", action="store_true", help="target_only, seed 0, on test_candidates: picks test_tasks"

@@ -9,9 +9,8 @@ from omegaconf import DictConfig
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
 from datamil.device import resolve_device
 from datamil.logger import make_logger
-from datamil.policies.build import reads_state
 from datamil.selection.selection_io import read_selection
-from datamil.training.cotraining import build_mixture, cotrain
+from datamil.training.cotraining import cotrain_on_selection
 
 
 def selected_ids(selection: str | None, prior_ids: list[str]) -> list[str]:
@@ -35,34 +34,27 @@ def main(cfg: DictConfig) -> None:
     ids = selected_ids(cfg.selection, data.prior.episodes.episode_id)
     t = cfg.training
     policy = instantiate(cfg.policy)
-    mixture = build_mixture(
-        data.target_train,
-        data.prior,
-        ids,
-        cfg.target_ratio,
-        cfg.prior_ratio,
-        t.batch_size,
-        t.seed,
-        use_state=reads_state(policy),
-        prior_weights=data.prior_weights,
-    )
     logger = make_logger(cfg.logger, run_dir, config)
-    path, result = cotrain(
-        policy,
-        mixture,
-        t.steps,
-        instantiate(t.optim),
-        t.seed,
-        run_dir,
-        task,
-        config,
-        logger=logger,
-        checkpoint_every=t.checkpoint_every,
-        log_every=t.log_every,
-        device=device,
-        normalization=data.normalization,
-    )
-    logger.close()
+    try:
+        path, result, mixture = cotrain_on_selection(
+            policy,
+            data,
+            ids,
+            cfg.target_ratio,
+            cfg.prior_ratio,
+            t.batch_size,
+            t.steps,
+            instantiate(t.optim),
+            t.seed,
+            run_dir,
+            config,
+            logger=logger,
+            checkpoint_every=t.checkpoint_every,
+            log_every=t.log_every,
+            device=device,
+        )
+    finally:
+        logger.close()
     print(
         f"trained on {mixture.n_target_episodes} target + {mixture.n_prior_episodes} prior episodes; "
         f"final loss {result.losses[-t.log_every :].mean():.4f}; checkpoint: {path}"

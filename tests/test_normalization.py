@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import rlds_fixtures as fx
@@ -16,9 +18,11 @@ from datamil.data.normalization import (
 from datamil.data.sources import TaskData, normalize_task_data
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError
+from datamil.policies.base import DATA_NORMALIZATION
 from datamil.policies.build import build_policy
 from datamil.policies.mlp import MLPPolicy
-from datamil.training.cotraining import build_mixture
+from datamil.training import OptimConfig
+from datamil.training.cotraining import build_mixture, cotrain_on_selection
 
 
 def scaled_store(scale: float, n: int, seed: int, dataset: str) -> TrajectoryStore:
@@ -97,3 +101,36 @@ def test_a_policy_trained_on_normalized_data_acts_in_raw_units_after_loading(tmp
     np.testing.assert_array_equal(loaded.act(None, raw_obs), acted)
     again = ActingNormalization.from_dict(data.normalization.to_dict())
     np.testing.assert_array_equal(again.action.q99, data.normalization.action.q99)
+
+
+def test_cotraining_on_normalized_data_saves_the_acting_normalization(tmp_path):
+    """cotrain_on_selection (the co-train app's and the benchmarks' one path) writes the data's
+    normalization into the checkpoint: without it the loaded policy would act on raw states in
+    normalized units, which is how a benchmark once scored 0%."""
+    prior = scaled_store(1.0, 4, 0, "box")
+    target = scaled_store(0.02, 5, 2, "target")
+    data = normalize_task_data(
+        TaskData("t", prior, target.subset([0, 1, 2]), target.subset([3, 4])), "q01_q99"
+    )
+    factory = functools.partial(MLPPolicy, hidden=(8,))
+    ids = list(prior.episodes.episode_id[:2])
+    path, _, mixture = cotrain_on_selection(
+        factory,
+        data,
+        ids,
+        1.0,
+        1.0,
+        8,
+        5,
+        OptimConfig(total_steps=5),
+        0,
+        tmp_path,
+        {},
+        checkpoint_every=10**9,
+    )
+    assert mixture.n_prior_episodes == 2
+    loaded = load_policy(path).policy
+    saved = getattr(loaded, DATA_NORMALIZATION)
+    np.testing.assert_array_equal(saved.action.q99, data.normalization.action.q99)
+    np.testing.assert_array_equal(saved.state.q01, data.normalization.state.q01)
+    assert saved.mode == "q01_q99"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,11 +18,12 @@ from datamil.checkpoint import save_policy
 from datamil.data.normalization import ActingNormalization
 from datamil.data.sampling import MixtureSampler
 from datamil.data.schema import is_image_key
+from datamil.data.sources import TaskData
 from datamil.data.store import TrajectoryStore
 from datamil.errors import DataError, DatamilError
 from datamil.logger import Logger
 from datamil.policies.base import DATA_NORMALIZATION, OBS_STATE_KEY
-from datamil.policies.build import PolicyFactory, build_policy
+from datamil.policies.build import PolicyFactory, build_policy, reads_state
 from datamil.policies.vision import conform_store
 from datamil.report import pyplot, save_figure
 from datamil.training import OptimConfig, TrainResult, train
@@ -187,3 +189,51 @@ def plot_training_curve(losses: np.ndarray | list[float], path: Path, every: int
     ax.set(xlabel="step", ylabel="training loss")
     ax.legend()
     return save_figure(fig, path)
+
+
+def cotrain_on_selection(
+    factory: PolicyFactory,
+    data: TaskData,
+    selected_ids: list[str],
+    target_ratio: float,
+    prior_ratio: float,
+    batch_size: int,
+    steps: int,
+    optim: OptimConfig,
+    seed: int,
+    run_dir: Path,
+    config: dict,
+    **train_options: Any,
+) -> tuple[Path, TrainResult, Mixture]:
+    """Co-train on `data`'s target-train plus the selected prior episodes, as every caller must.
+
+    The one place the mixture is built from a task's data and the data's normalization reaches the
+    checkpoint, so the co-train app and the benchmarks cannot drift apart (a benchmark that left the
+    normalization out once acted on raw states with a policy trained on normalized ones). The state is
+    kept only when the policy reads it, and a mixture prior's dataset weights apply. train_options go to
+    `cotrain` (logger, checkpoint_every, log_every, device).
+    """
+    mixture = build_mixture(
+        data.target_train,
+        data.prior,
+        selected_ids,
+        target_ratio,
+        prior_ratio,
+        batch_size,
+        seed,
+        use_state=reads_state(factory),
+        prior_weights=data.prior_weights,
+    )
+    path, result = cotrain(
+        factory,
+        mixture,
+        steps,
+        optim,
+        seed,
+        run_dir,
+        data.task,
+        config,
+        normalization=data.normalization,
+        **train_options,
+    )
+    return path, result, mixture

@@ -43,16 +43,16 @@ class NormStats:
         cls,
         n_rows: int,
         read: Callable[[np.ndarray], np.ndarray],
-        chunk_rows: int = 1 << 16,
+        chunk_rows: int = 1 << 14,
         max_rows_for_quantiles: int = 200_000,
         seed: int = 0,
     ) -> NormStats:
         """`of` over `n_rows` rows that `read(positions)` returns a chunk at a time, bit for bit.
 
         Why: a store's arrays can be larger than memory (a 50k-episode ingest); this holds one chunk plus
-        the quantile subsample. numpy reduces a (N, D) array over axis 0 row after row, so accumulating
-        chunk after chunk in that order gives the same sums; a one-column array (D = 1), which numpy sums
-        pairwise, is read whole instead (8 bytes a row).
+        the quantile subsample in its own dtype, taking quantiles one column at a time. numpy reduces a
+        (N, D) array over axis 0 row after row, so accumulating chunk after chunk in that order gives the
+        same sums; a one-column array (D = 1), which numpy sums pairwise, is read whole (8 bytes a row).
         """
         if n_rows <= chunk_rows or _width(read) == 1:
             return cls.of(read(np.arange(n_rows)), max_rows_for_quantiles, seed)
@@ -74,12 +74,13 @@ class NormStats:
             squares = d.sum(0) if squares is None else np.concatenate([squares[None], d]).sum(0)
         sample = np.arange(n_rows)
         if n_rows > max_rows_for_quantiles:
-            sample = np.sort(
-                np.random.default_rng(seed).choice(n_rows, max_rows_for_quantiles, replace=False)
-            )
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(n_rows, max_rows_for_quantiles, replace=False))
         picked = [read(sample[lo : lo + chunk_rows]) for lo in range(0, len(sample), chunk_rows)]
-        x = np.asarray(np.concatenate(picked), dtype=np.float64).reshape(len(sample), -1)
-        q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
+        rows = np.concatenate(picked).reshape(len(sample), -1)
+        del picked
+        columns = [np.quantile(rows[:, j].astype(np.float64), [0.01, 0.99]) for j in range(rows.shape[1])]
+        q01, q99 = np.stack(columns, axis=1)
         return cls(mean, np.sqrt(squares / n_rows), low, high, q01, q99, n_rows)
 
     def normalize(self, x: np.ndarray, mode: str = "gaussian") -> np.ndarray:

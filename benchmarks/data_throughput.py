@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datamil.data.rlds import _tf, ingest_rlds, write_rlds
+from datamil.data.rlds import ingest_rlds, write_rlds
 from datamil.data.schema import Episode, EpisodeMeta
 from datamil.data.store import TrajectoryStore
+from datamil.data.tfds_env import load_tf as _tf
 
 INGEST_BAR = 2.0  # ingest time / raw TFDS read time
 SAMPLING_BAR = 1_000_000  # steps/s

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +38,51 @@ class NormStats:
         q01, q99 = np.quantile(sample, [0.01, 0.99], axis=0)
         return cls(x.mean(0), x.std(0), x.min(0), x.max(0), q01, q99, len(x))
 
+    @classmethod
+    def streamed(
+        cls,
+        n_rows: int,
+        read: Callable[[np.ndarray], np.ndarray],
+        chunk_rows: int = 1 << 14,
+        max_rows_for_quantiles: int = 200_000,
+        seed: int = 0,
+    ) -> NormStats:
+        """`of` over `n_rows` rows that `read(positions)` returns a chunk at a time, bit for bit.
+
+        Why: a store's arrays can be larger than memory (a 50k-episode ingest); this holds one chunk plus
+        the quantile subsample in its own dtype, taking quantiles one column at a time. numpy reduces a
+        (N, D) array over axis 0 row after row, so accumulating chunk after chunk in that order gives the
+        same sums; a one-column array (D = 1), which numpy sums pairwise, is read whole (8 bytes a row).
+        """
+        if n_rows <= chunk_rows or _width(read) == 1:
+            return cls.of(read(np.arange(n_rows)), max_rows_for_quantiles, seed)
+
+        def chunks() -> Iterator[np.ndarray]:
+            for lo in range(0, n_rows, chunk_rows):
+                rows = read(np.arange(lo, min(lo + chunk_rows, n_rows)))
+                yield np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+
+        total = low = high = None
+        for x in chunks():
+            total = x.sum(0) if total is None else np.concatenate([total[None], x]).sum(0)
+            low = x.min(0) if low is None else np.minimum(low, x.min(0))
+            high = x.max(0) if high is None else np.maximum(high, x.max(0))
+        mean = total / n_rows
+        squares = None
+        for x in chunks():
+            d = np.square(x - mean)
+            squares = d.sum(0) if squares is None else np.concatenate([squares[None], d]).sum(0)
+        sample = np.arange(n_rows)
+        if n_rows > max_rows_for_quantiles:
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(n_rows, max_rows_for_quantiles, replace=False))
+        picked = [read(sample[lo : lo + chunk_rows]) for lo in range(0, len(sample), chunk_rows)]
+        rows = np.concatenate(picked).reshape(len(sample), -1)
+        del picked
+        columns = [np.quantile(rows[:, j].astype(np.float64), [0.01, 0.99]) for j in range(rows.shape[1])]
+        q01, q99 = np.stack(columns, axis=1)
+        return cls(mean, np.sqrt(squares / n_rows), low, high, q01, q99, n_rows)
+
     def normalize(self, x: np.ndarray, mode: str = "gaussian") -> np.ndarray:
         """gaussian: (x - mean) / std; bounds: map [q01, q99] to [-1, 1] and clip (robust to outliers)."""
         if mode == "gaussian":
@@ -60,6 +105,12 @@ class NormStats:
     @classmethod
     def from_dict(cls, d: dict) -> NormStats:
         return cls(**{k: (np.asarray(v, np.float64) if k != "count" else int(v)) for k, v in d.items()})
+
+
+def _width(read: Callable[[np.ndarray], np.ndarray]) -> int:
+    """Values per row of what `read` returns (from its first row)."""
+    first = np.asarray(read(np.arange(1)))
+    return int(first.size)
 
 
 # ---------------------------------------------------------------- the data pipeline's normalization

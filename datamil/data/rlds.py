@@ -34,6 +34,7 @@ from datamil.data.tfds_env import load_tf, quiet
 from datamil.errors import DataError, UnknownNameError
 
 _ALL_STEPS = 2**31 - 1  # batch size that puts a whole episode's steps in one batch
+_SLICE_EPISODES = 2000  # episodes read per tf.data pipeline (see split_slices)
 _SHARD_ID = re.compile(r"-(\d+)-of-(\d+)__(\d+)$")
 
 
@@ -149,9 +150,36 @@ def read_rlds(
         spec = _remap_cameras(builder, spec, image_keys)
     total = _split_size(builder, split)
     total = total if max_episodes is None else min(total, max_episodes)
-    dataset = _episode_dataset(tf, tfds, builder, spec, split, max_episodes, images)
+    slices = split_slices(tfds, builder, split, max_episodes)
+    first = _episode_dataset(tf, tfds, builder, spec, slices[0], images) if slices else None
+    datasets = itertools.chain(
+        [first] if first is not None else [],
+        (_episode_dataset(tf, tfds, builder, spec, part, images) for part in slices[1:]),
+    )
     reader = _EpisodeReader(builder, spec, split.split("[")[0], images, grayscale_to_rgb)
-    return _stream(tfds, dataset, reader, total, progress)
+    return _stream(tfds, datasets, reader, total, progress)
+
+
+def split_slices(tfds: Any, builder: Any, split: str, limit: int | None = None) -> list[str]:
+    """`split` (TFDS slicing allowed) as consecutive slices "name[a:b]" of at most `_SLICE_EPISODES`
+    episodes, in read order, ending after `limit` episodes.
+
+    Why: TFDS's reader keeps about 7 KB for every episode a pipeline has read until that pipeline is
+    dropped (measured with benchmarks/scale_memory.py), so one pipeline over a 50k-episode split grows by
+    some 350 MB. A fresh pipeline per slice reads the same episodes in the same order in bounded memory.
+    """
+    slices, left = [], limit
+    for part in tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits):
+        start = part.from_ or 0
+        end = builder.info.splits[part.splitname].num_examples if part.to is None else part.to
+        for lo in range(start, end, _SLICE_EPISODES):
+            hi = min(lo + _SLICE_EPISODES, end)
+            if left is not None:
+                hi = min(hi, lo + left)
+                left -= hi - lo
+            if hi > lo:
+                slices.append(f"{part.splitname}[{lo}:{hi}]")
+    return slices
 
 
 def _remap_cameras(builder: Any, spec: Standardization, image_keys: Mapping[str, str]) -> Standardization:
@@ -183,7 +211,7 @@ def _split_size(builder: Any, split: str) -> int:
 
 
 def _episode_dataset(
-    tf: Any, tfds: Any, builder: Any, spec: Standardization, split: str, limit, images: bool
+    tf: Any, tfds: Any, builder: Any, spec: Standardization, split: str, images: bool
 ) -> Any:
     """tf.data of episodes whose `steps` are already batched into (T, ...) tensors."""
     cameras = image_paths(builder.info.features)
@@ -196,8 +224,6 @@ def _episode_dataset(
             decoders=decoders or None,
             read_config=tfds.ReadConfig(add_tfds_id=True),
         )
-    if limit is not None:
-        ds = ds.take(limit)
 
     def batch_steps(episode: dict) -> dict:
         return {**episode, "steps": episode["steps"].batch(_ALL_STEPS).get_single_element()}
@@ -231,11 +257,13 @@ def _skip_decoders(tfds: Any, paths: list[str]) -> dict:
     return {"steps": steps} if steps else {}
 
 
-def _stream(tfds: Any, dataset: Any, reader: _EpisodeReader, total: int, progress: bool) -> Iterator[Episode]:
+def _stream(
+    tfds: Any, datasets: Iterator[Any], reader: _EpisodeReader, total: int, progress: bool
+) -> Iterator[Episode]:
     import tensorflow as tf
     from tqdm import tqdm
 
-    episodes = iter(tfds.as_numpy(dataset))
+    episodes = itertools.chain.from_iterable(tfds.as_numpy(dataset) for dataset in datasets)
     with tqdm(total=total, desc=reader.name, unit="ep", disable=not progress) as bar:
         for position in itertools.count():
             try:

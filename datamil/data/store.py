@@ -9,7 +9,9 @@ arrays into memory instead of reading them. Array names: "obs/<key>" (e.g. "obs/
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import mmap
+import os
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,15 +135,32 @@ class TrajectoryStore:
     def stats_by(self, labels: Sequence[str], keys: Iterable[str]) -> dict[str, dict[str, NormStats]]:
         """{label: {array name: NormStats}} over the steps of the episodes carrying each label.
 
-        labels: one per episode (its source dataset, or any grouping the caller normalizes by).
+        labels: one per episode (its source dataset, or any grouping the caller normalizes by). Streamed a
+        chunk of steps at a time (`NormStats.streamed`, the same numbers as `NormStats.of` on the gathered
+        steps), so a store larger than memory gets its statistics in bounded memory.
         """
         labels = np.asarray(list(labels))
         keys = [k for k in keys if k in self.arrays]
         stats: dict[str, dict[str, NormStats]] = {}
         for label in sorted(set(labels.tolist())):
-            steps = self.step_indices(np.flatnonzero(labels == label))
-            stats[label] = {key: NormStats.of(self.arrays[key][steps]) for key in keys}
+            episodes = np.flatnonzero(labels == label)
+            n_rows = int(self.episode_lengths[episodes].sum())
+            stats[label] = {
+                key: NormStats.streamed(n_rows, self._dataset_reader(key, episodes)) for key in keys
+            }
         return stats
+
+    def _dataset_reader(self, key: str, episodes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """read(positions) -> rows of array `key` at those positions of the episodes' concatenated steps."""
+        lengths = self.episode_lengths[episodes]
+        ends = np.cumsum(lengths)
+
+        def read(positions: np.ndarray) -> np.ndarray:
+            which = np.searchsorted(ends, positions, side="right")
+            steps = self.offsets[episodes[which]] + positions - (ends[which] - lengths[which])
+            return self.read(steps, [key])[key]
+
+        return read
 
     # ---------------------------------------------------------------- shape of the data
     @property
@@ -204,6 +223,11 @@ class TrajectoryStore:
         out["index"] = np.asarray(step_indices, np.int64)
         return out
 
+    def read(self, step_indices: np.ndarray, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """{key: (B, ...)} rows of the given arrays, like `batch` but read from disk with positioned reads
+        when the store is memory-mapped (`read_rows`): for passes over a store larger than memory."""
+        return {key: read_rows(self.arrays[key], step_indices) for key in keys}
+
     def sample_steps(
         self, rng: np.random.Generator, batch_size: int, pool: np.ndarray | None = None
     ) -> np.ndarray:
@@ -228,6 +252,32 @@ class TrajectoryStore:
             self.arrays[ACTION][lo:hi],
             meta,
             self.arrays[REWARD][lo:hi],
+            language_instruction=self.episodes.language[index],
+            **flags,
+        )
+
+    def read_episode(self, index: int, keys: Collection[str] | None = None) -> Episode:
+        """Episode `index` as an Episode of in-memory copies read from disk (`read`), unlike `episode`'s
+        views: copying a memory-mapped store episode by episode then keeps one episode in memory.
+
+        keys: the observation arrays to keep (e.g. {"obs/image_primary"}); None = all.
+        """
+        lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
+        names = [n for n in self.arrays if not n.startswith(OBS_PREFIX) or keys is None or n in keys]
+        arrays = self.read(np.arange(lo, hi), names)
+        obs = {n[len(OBS_PREFIX) :]: v for n, v in arrays.items() if n.startswith(OBS_PREFIX)}
+        meta = EpisodeMeta(
+            self.episodes.episode_id[index],
+            self.episodes.dataset[index],
+            self.episodes.task[index],
+            self.episodes.success[index],
+        )
+        flags = {flag: arrays[flag] for flag in STEP_FLAGS}
+        return Episode(
+            obs,
+            arrays[ACTION],
+            meta,
+            arrays[REWARD],
             language_instruction=self.episodes.language[index],
             **flags,
         )
@@ -275,7 +325,7 @@ class TrajectoryStore:
 
     def pooled_stats(self, name: str) -> NormStats:
         """Statistics of array `name` over all steps of this store (e.g. for a policy trained on a mixture)."""
-        return NormStats.of(self.arrays[name])
+        return NormStats.streamed(self.n_steps, lambda rows: read_rows(self.arrays[name], rows))
 
     # ---------------------------------------------------------------- disk
     def save(self, path: str | Path) -> Path:
@@ -320,6 +370,39 @@ class TrajectoryStore:
         stats = {d: {k: NormStats.from_dict(s) for k, s in per.items()} for d, per in meta["stats"].items()}
         episodes = EpisodeTable(**meta["episodes"])
         return cls(arrays, np.load(path / "offsets.npy"), episodes, stats)
+
+
+def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows] as a new in-memory array; a whole memory-mapped store file is read with positioned reads.
+
+    Why not index the map: every page touched through a map stays resident and counts toward the
+    process's RSS until the kernel needs the memory, so one pass over a 10 GB store would show as 10 GB.
+    Reads go through the page cache instead, which the kernel can drop at any time. Contiguous runs of
+    `rows` are read in one call each; any order and repeats are allowed.
+    """
+    rows = np.asarray(rows, np.int64)
+    if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)) or len(rows) == 0:
+        return np.asarray(array[rows])
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    if ordered[0] < 0 or ordered[-1] >= len(array):
+        raise IndexError(f"rows outside the array's {len(array)} rows")
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    row_bytes = out.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+    starts, ends = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])
+    target = out if np.all(order[:-1] < order[1:]) else np.empty_like(out)
+    with open(array.filename, "rb", buffering=0) as f:
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            want = (b - a) * row_bytes
+            got = os.preadv(
+                f.fileno(), [memoryview(target[a:b]).cast("B")], array.offset + int(ordered[a]) * row_bytes
+            )
+            if got != want:
+                raise DataError(f"{array.filename} is shorter than its store says; rebuild the store")
+    if target is not out:
+        out[order] = target
+    return out
 
 
 def _file_name(array_name: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamil.data.store import TrajectoryStore
+from datamil.data.store import StoreWriter, TrajectoryStore
 from datamil.datamodels.base import ESTIMATORS, EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.metagrad import metagradient
 from datamil.datamodels.proxy import ProxyConfig
@@ -34,7 +35,7 @@ from datamil.device import module_device, tree_to
 from datamil.errors import DatamilError
 from datamil.io import atomic_dir, atomic_torch_save
 from datamil.policies.base import OBS_STATE_KEY, Params, Policy
-from datamil.policies.vision import OBS_PREFIX, VisionPolicy, conform_store
+from datamil.policies.vision import OBS_PREFIX, VisionPolicy, conform_store, resize_frames
 from datamil.registry import configured
 from datamil.training import OptimConfig, train
 
@@ -66,24 +67,62 @@ class FitConfig:
     seed: int = 0  # independent of the proxy seeds: one encoder serves every seed
 
 
-def fit_encoder(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig) -> Params:
-    """Train the whole image policy by BC (augmentation on) on the concatenated stores; returns params."""
-    data = fit_data(policy, stores)
+def fit_encoder(
+    policy: Policy, stores: list[TrajectoryStore], fit: FitConfig, workdir: str | Path | None = None
+) -> Params:
+    """Train the whole image policy by BC (augmentation on) on the concatenated stores; returns params.
+
+    workdir: where the concatenated fit data is written (`write_fit_data`, removed afterwards) and read
+    back a batch at a time, so the fit holds one batch of frames rather than every frame of the prior;
+    None concatenates in memory (small stores). The same parameters either way.
+    """
+    if workdir is None:
+        return _fit(policy, fit_data(policy, stores), fit)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="fit_data_") as tmp:
+        return _fit(policy, write_fit_data(policy, stores, Path(tmp) / "store"), fit)
+
+
+def _fit(policy: Policy, data: TrajectoryStore, fit: FitConfig) -> Params:
     optim = OptimConfig(lr=fit.lr, total_steps=fit.steps, warmup_steps=min(100, fit.steps // 10))
     policy.train()
+    pool = np.arange(data.n_steps)
     result = train(
-        policy, data, np.arange(data.n_steps), fit.steps, fit.batch_size, optim, fit.seed, progress=False
+        policy, data, pool, fit.steps, fit.batch_size, optim, fit.seed, progress=False, stream=True
     )
     return result.params
+
+
+def _fit_layout(policy: Policy) -> tuple[set[str], dict[str, tuple[int, int]]]:
+    """(observation arrays the policy reads, camera -> (H, W) the encoder takes when it resizes)."""
+    sizes = {}
+    if policy.encoder.image_size is not None:
+        sizes = {OBS_PREFIX + k: policy.encoder.input_size(k) for k in policy.image_keys}
+    return set(policy.batch_keys), sizes
 
 
 def fit_data(policy: Policy, stores: list[TrajectoryStore]) -> TrajectoryStore:
     """The stores as one, keeping only the observations the policy reads, cameras at the encoder's size
     when `image_size` is set (which also keeps the in-memory copy small)."""
-    sizes = {}
-    if policy.encoder.image_size is not None:
-        sizes = {OBS_PREFIX + k: policy.encoder.input_size(k) for k in policy.image_keys}
-    return TrajectoryStore.concat([conform_store(s, set(policy.batch_keys), sizes) for s in stores])
+    keys, sizes = _fit_layout(policy)
+    return TrajectoryStore.concat([conform_store(s, keys, sizes) for s in stores])
+
+
+def write_fit_data(policy: Policy, stores: list[TrajectoryStore], path: str | Path) -> TrajectoryStore:
+    """`fit_data` streamed to a store on disk one episode at a time, opened memory-mapped: the same
+    arrays, episodes and statistics, without holding the frames of every store in memory."""
+    keys, sizes = _fit_layout(policy)
+    with StoreWriter(path) as writer:
+        for store in stores:
+            for index in range(store.n_episodes):
+                episode = store.read_episode(index, keys)
+                for name, size in sizes.items():
+                    key = name[len(OBS_PREFIX) :]
+                    frames = episode.observations.get(key)
+                    if frames is not None and tuple(frames.shape[1:3]) != tuple(size):
+                        episode.observations[key] = resize_frames(frames, tuple(size))
+                writer.add(episode)
+    return TrajectoryStore.load(path)
 
 
 @torch.no_grad()
@@ -99,7 +138,8 @@ def encode_store(policy: Policy, params: Params, store: TrajectoryStore, chunk: 
     try:
         for lo in range(0, store.n_steps, chunk):
             ids = np.arange(lo, min(lo + chunk, store.n_steps))
-            arrays = store.batch(ids, keys).items()
+            # positioned reads (TrajectoryStore.read): the pass leaves no frame of the store mapped in memory
+            arrays = {**store.read(ids, keys), "index": ids}.items()
             batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays}
             feats = torch.func.functional_call(policy.encoder, encoder_params, (batch,), strict=False)
             out[lo : lo + len(ids)] = feats.float().cpu().numpy()
@@ -188,7 +228,7 @@ def _fitted_params(policy: Policy, stores: list[TrajectoryStore], fit: FitConfig
     path = cache / "encoders" / f"{key}.pt"
     if path.is_file():
         return tree_to(torch.load(path, map_location="cpu", weights_only=True), module_device(policy))
-    params = fit_encoder(policy, stores, fit)
+    params = fit_encoder(policy, stores, fit, workdir=cache / "encoders")
     atomic_torch_save(path, {k: v.cpu() for k, v in params.items()})
     return params
 
@@ -346,4 +386,5 @@ __all__ = [
     "fit_encoder",
     "frozen_feature_stores",
     "run_image",
+    "write_fit_data",
 ]

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from datamil.checkpoint import load_train_state, save_train_state
 from datamil.data.sampling import MixtureSampler, Sampler, UniformSampler, action_chunks, batch_indices
 from datamil.data.store import TrajectoryStore
-from datamil.device import gather_to, module_device, resolve_device, tree_to
+from datamil.device import gather_to, host_to, module_device, resolve_device, tree_to
 from datamil.errors import DatamilError
 from datamil.logger import Logger
 from datamil.policies.base import Batch, Params, Policy
@@ -33,6 +33,7 @@ __all__ = [
     "MixtureSampler",
     "OptState",
     "OptimConfig",
+    "StreamingBatchSource",
     "TrainResult",
     "UniformSampler",
     "action_chunks",
@@ -232,6 +233,43 @@ class BatchSource:
         return batch, gather_to(self.weights, rows, self.device)
 
 
+class StreamingBatchSource(BatchSource):
+    """A BatchSource that reads each batch from the store when it is asked for, instead of gathering
+    every step up front: the same batches (value for value), with one batch of frames in memory.
+
+    For pools larger than memory (an image prior of many episodes in a memory-mapped store): rows come
+    through `TrajectoryStore.read` (positioned reads, nothing mapped into the process). Slower per step
+    than index arithmetic on tensors, so the in-memory BatchSource stays the default.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: TrajectoryStore,
+        step_ids: np.ndarray,
+        weights: np.ndarray | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = torch.device("cpu") if device is None else device
+        self.ids = np.unique(np.asarray(step_ids, np.int64))
+        self.policy, self.store, self.keys = policy, store, list(policy.batch_keys)
+        self.weights = (
+            None if weights is None else torch.as_tensor(np.asarray(weights)[self.ids], dtype=torch.float32)
+        )
+
+    def batch(self, step_ids: np.ndarray) -> tuple[Batch, Tensor]:
+        step_ids = np.asarray(step_ids, np.int64)
+        rows = self.rows(step_ids)  # the same out-of-pool check as the in-memory source
+        arrays = self.store.read(step_ids, self.keys)
+        arrays["index"] = step_ids
+        arrays.update(self.policy.extra_batch_arrays(self.store, step_ids))
+        host = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        batch = {k: host_to(v, self.device) for k, v in host.items()}
+        if self.weights is None:
+            return batch, torch.ones(len(rows), device=self.device)
+        return batch, gather_to(self.weights, rows, self.device)
+
+
 def gather_batch(
     policy: Policy, store: TrajectoryStore, step_ids: np.ndarray, weights: np.ndarray | None = None
 ) -> Batch:
@@ -274,6 +312,7 @@ def train(
     params: Params | None = None,
     log_every: int = 50,
     device: str | torch.device | None = None,
+    stream: bool = False,
 ) -> TrainResult:
     """Train `policy` for `steps` AdamW steps on batches from the sampler (or a uniform one over a pool).
 
@@ -283,12 +322,14 @@ def train(
     later call with `resume=True` continues from it, bit-identical to an uninterrupted run. The final
     parameters are also loaded into `policy`, so `policy.act(None, obs)` uses them. device: where to
     train (`datamil.device.resolve_device` names); None = where the policy is, the CPU unless it was
-    moved. The policy is moved there and stays there.
+    moved. The policy is moved there and stays there. stream: read each batch from the store when it is
+    needed (`StreamingBatchSource`, for pools larger than memory) instead of gathering the pool up front;
+    the same run either way.
     """
     device = module_device(policy) if device is None else resolve_device(device)
     policy.to(device)
     sampler = _as_sampler(sampler_or_pool, batch_size, seed)
-    source = BatchSource(policy, store, sampler.pool, weights, device)
+    source = (StreamingBatchSource if stream else BatchSource)(policy, store, sampler.pool, weights, device)
     start = (
         init_params(policy, seed)
         if params is None

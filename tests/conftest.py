@@ -39,3 +39,14 @@ def tiny_task_data(tiny_cache):
 def cli_env(tiny_cache) -> dict[str, str]:
     """Environment for running the entry points as a user would, against the session's cache."""
     return user_env(tiny_cache)
+
+
+@pytest.fixture(scope="module")
+def shard_data():
+    """(prior, target-val, target-train) of a tiny synthetic multitask problem, for the sharded estimators."""
+    from datamil.datamodels.synthetic import synthetic_multitask
+
+    prior, target_train, target_val = synthetic_multitask(
+        n_tasks=3, episodes_per_task=3, length=6, obs_dim=16, n_target_train=1, n_target_val=2
+    )
+    return prior, target_val, target_train

@@ -16,16 +16,16 @@ from conftest import TINY_DATA, TINY_TASK
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from local_ray import local_ray, needs_ray, ray_env
+from shard_fixtures import gather_shards, tiny_mlp, train_shards
 
 from datamil.cli import CONFIG_DIR
 from datamil.datamodels.lds import linear_datamodeling_score, noise_ceiling, true_surrogates
-from datamil.datamodels.lds_shards import LdsSpec, gather_lds_truths, lds_rows, run_lds_shard, shard_path
+from datamil.datamodels.lds_shards import LdsSpec, gather_lds_truths, lds_rows, run_lds_shard
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
-from datamil.datamodels.synthetic import synthetic_multitask
+from datamil.datamodels.shards import shard_path
 from datamil.errors import DatamilError
 from datamil.lds_shards import lds_spec, row_of
 from datamil.policies.build import build_policy
-from datamil.policies.mlp import MLPPolicy
 
 SPEC = LdsSpec(
     seed=3,
@@ -37,75 +37,60 @@ SPEC = LdsSpec(
 )
 
 
-@pytest.fixture(scope="module")
-def data():
-    prior, target_train, target_val = synthetic_multitask(
-        n_tasks=3, episodes_per_task=3, length=6, obs_dim=16, n_target_train=1, n_target_val=2
-    )
-    return prior, target_val, target_train
-
-
-def policy(prior) -> MLPPolicy:
-    return MLPPolicy(16, prior.action_dim, hidden=(8,), state_stats=prior.pooled_stats("obs/state"))
-
-
 def write_shards(data, shard_dir, spec=SPEC, shards=range(3), n_shards=3) -> None:
-    prior, val, tt = data
-    for s in shards:
-        run_lds_shard(policy(prior), prior, val, spec, s, n_shards, shard_dir, tt)
+    train_shards(run_lds_shard, data, shard_dir, spec, shards, n_shards)
 
 
 def gather(data, shard_dir, spec=SPEC, n_shards=3):
-    prior, val, tt = data
-    return gather_lds_truths(policy(prior), prior, val, spec, n_shards, shard_dir, tt)
+    return gather_shards(gather_lds_truths, data, shard_dir, spec, n_shards)
 
 
 @pytest.mark.parametrize("mode", ["resample", "reweight"])
-def test_shards_gathered_equal_the_single_process_lds(data, tmp_path, mode):
+def test_shards_gathered_equal_the_single_process_lds(shard_data, tmp_path, mode):
     spec = replace(SPEC, mode=mode)
-    prior, val, tt = data
+    prior, val, tt = shard_data
     scores = {
         "a": np.random.default_rng(0).normal(size=prior.n_steps),
         "b": -np.arange(prior.n_steps, dtype=float),
     }
     rows, masks, true = linear_datamodeling_score(
-        policy(prior), prior, val, scores, spec.proxy, spec.seed, spec.n_models, spec.alpha, mode,
+        tiny_mlp(prior), prior, val, scores, spec.proxy, spec.seed, spec.n_models, spec.alpha, mode,
         target_train_store=tt, include_target_train=True,
     )  # fmt: skip
-    write_shards(data, tmp_path, spec)
-    measured = gather(data, tmp_path, spec)
+    write_shards(shard_data, tmp_path, spec)
+    measured = gather(shard_data, tmp_path, spec)
     np.testing.assert_array_equal(measured.masks, masks)
     np.testing.assert_array_equal(measured.truths, true[None])  # exactly, not within a tolerance
     gathered, ceiling = lds_rows(scores, prior, measured, seed=spec.seed)
     assert gathered == rows and ceiling is None
 
 
-def test_k_truth_seeds_gathered_equal_one_process_per_seed(data, tmp_path):
+def test_k_truth_seeds_gathered_equal_one_process_per_seed(shard_data, tmp_path):
     spec = replace(SPEC, truth_seeds=(4, 5))  # 2 seeds x 3 chunks = 6 units over 4 shards
-    prior, val, tt = data
+    prior, val, tt = shard_data
     single = np.stack([
-        true_surrogates(policy(prior), prior, val, spec.masks(prior.n_episodes), spec.proxy, s, chunk=2,
+        true_surrogates(tiny_mlp(prior), prior, val, spec.masks(prior.n_episodes), spec.proxy, s, chunk=2,
                         target_train_store=tt, include_target_train=True)
         for s in (4, 5)
     ])  # fmt: skip
-    write_shards(data, tmp_path, spec, range(4), 4)
-    measured = gather(data, tmp_path, spec, 4)
+    write_shards(shard_data, tmp_path, spec, range(4), 4)
+    measured = gather(shard_data, tmp_path, spec, 4)
     np.testing.assert_array_equal(measured.truths, single)
     assert measured.seeds == (4, 5) and not np.array_equal(single[0], single[1])
     _, ceiling = lds_rows({"a": np.arange(prior.n_steps, dtype=float)}, prior, measured)
     assert ceiling == noise_ceiling(single)
 
 
-def test_a_finished_shard_is_kept_and_a_foreign_one_is_trained_again(data, tmp_path):
-    write_shards(data, tmp_path, shards=[0])
+def test_a_finished_shard_is_kept_and_a_foreign_one_is_trained_again(shard_data, tmp_path):
+    write_shards(shard_data, tmp_path, shards=[0])
     path = shard_path(tmp_path, 0, 3)
     finished = path.stat().st_ino  # an atomic write publishes a new file
-    write_shards(data, tmp_path, shards=[0])  # the sweep run again: nothing to train
+    write_shards(shard_data, tmp_path, shards=[0])  # the sweep run again: nothing to train
     assert path.stat().st_ino == finished
-    write_shards(data, tmp_path, replace(SPEC, alpha=0.3), shards=[0])  # other settings: trained anew
+    write_shards(shard_data, tmp_path, replace(SPEC, alpha=0.3), shards=[0])  # other settings: trained anew
     assert path.stat().st_ino != finished
-    write_shards(data, tmp_path, shards=[0, 1, 2])
-    np.testing.assert_array_equal(gather(data, tmp_path).masks, SPEC.masks(data[0].n_episodes))
+    write_shards(shard_data, tmp_path, shards=[0, 1, 2])
+    np.testing.assert_array_equal(gather(shard_data, tmp_path).masks, SPEC.masks(shard_data[0].n_episodes))
 
 
 def test_shards_split_whole_units_and_cover_every_one():
@@ -120,21 +105,21 @@ def test_shards_split_whole_units_and_cover_every_one():
         _ = replace(SPEC, truth_seeds=(1, 1)).seeds
 
 
-def test_a_missing_foreign_or_unreadable_shard_is_one_line(data, tmp_path):
-    write_shards(data, tmp_path, shards=[0, 2])
+def test_a_missing_foreign_or_unreadable_shard_is_one_line(shard_data, tmp_path):
+    write_shards(shard_data, tmp_path, shards=[0, 2])
     with pytest.raises(DatamilError, match=r"shards 1 of 3 are missing in .*shard=<s> n_shards=3") as error:
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
     assert "\n" not in str(error.value)
-    write_shards(data, tmp_path, replace(SPEC, truth_seeds=(9,)), shards=[1])  # another truth seed
+    write_shards(shard_data, tmp_path, replace(SPEC, truth_seeds=(9,)), shards=[1])  # another truth seed
     with pytest.raises(DatamilError, match=r"shards 1 were made with other settings") as error:
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
     assert "\n" not in str(error.value)
-    prior, val, tt = data
+    prior, val, tt = shard_data
     with pytest.raises(DatamilError, match=r"shards 0, 1, 2 were made with other settings"):
         gather((prior, tt, tt), tmp_path, replace(SPEC, truth_seeds=(9,)))  # another target-val set
     shard_path(tmp_path, 1, 3).write_bytes(b"cut short")
     with pytest.raises(DatamilError, match="shards 1 cannot be read; delete those files"):
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
 
 
 # ------------------------------------------------------------------------------------- entry point

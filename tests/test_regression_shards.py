@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import TINY_DATA, TINY_TASK
+from shard_fixtures import gather_shards, tiny_mlp, train_shards
 
 from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.datamodels.regression import (
@@ -18,11 +19,9 @@ from datamil.datamodels.regression import (
     gather_regression,
     run_regression,
     run_regression_shard,
-    shard_path,
 )
-from datamil.datamodels.synthetic import synthetic_multitask
+from datamil.datamodels.shards import shard_path
 from datamil.errors import DatamilError
-from datamil.policies.mlp import MLPPolicy
 
 SPEC = RegressionSpec(
     rng_seed=3,
@@ -33,38 +32,23 @@ SPEC = RegressionSpec(
 )
 
 
-@pytest.fixture(scope="module")
-def data():
-    prior, target_train, target_val = synthetic_multitask(
-        n_tasks=3, episodes_per_task=3, length=6, obs_dim=16, n_target_train=1, n_target_val=2
-    )
-    return prior, target_val, target_train
-
-
-def policy(prior) -> MLPPolicy:
-    return MLPPolicy(16, prior.action_dim, hidden=(8,), state_stats=prior.pooled_stats("obs/state"))
-
-
 def write_shards(data, shard_dir, spec=SPEC, shards=range(3), n_shards=3) -> None:
-    prior, val, tt = data
-    for k in shards:
-        run_regression_shard(policy(prior), prior, val, spec, k, n_shards, shard_dir, tt)
+    train_shards(run_regression_shard, data, shard_dir, spec, shards, n_shards)
 
 
 def gather(data, shard_dir, spec=SPEC, n_shards=3):
-    prior, val, tt = data
-    return gather_regression(policy(prior), prior, val, spec, n_shards, shard_dir, tt)
+    return gather_shards(gather_regression, data, shard_dir, spec, n_shards)
 
 
 @pytest.mark.parametrize("include_target_train", [False, True])
-def test_three_shards_gathered_equal_the_single_process_estimator(data, tmp_path, include_target_train):
+def test_three_shards_gathered_equal_the_single_process_estimator(shard_data, tmp_path, include_target_train):
     spec = replace(SPEC, include_target_train=include_target_train)
-    prior, val, tt = data
+    prior, val, tt = shard_data
     names = ("proxy", "n_models", "alpha", "model", "chunk", "include_target_train")
     kwargs = {name: getattr(spec, name) for name in names}
-    single = run_regression(policy(prior), prior, val, spec.rng_seed, target_train_store=tt, **kwargs)
-    write_shards(data, tmp_path, spec)
-    sharded = gather(data, tmp_path, spec)
+    single = run_regression(tiny_mlp(prior), prior, val, spec.rng_seed, target_train_store=tt, **kwargs)
+    write_shards(shard_data, tmp_path, spec)
+    sharded = gather(shard_data, tmp_path, spec)
     np.testing.assert_array_equal(sharded.info["masks"], single.info["masks"])
     np.testing.assert_allclose(sharded.info["surrogates"], single.info["surrogates"], rtol=1e-12)
     np.testing.assert_allclose(sharded.scores, single.scores, rtol=1e-9, atol=1e-12)
@@ -81,33 +65,33 @@ def test_shards_split_whole_chunks_and_cover_every_model():
         SPEC.shard_models(3, 3)
 
 
-def test_a_missing_shard_is_one_line_that_names_it(data, tmp_path):
-    write_shards(data, tmp_path, shards=[0, 2])
+def test_a_missing_shard_is_one_line_that_names_it(shard_data, tmp_path):
+    write_shards(shard_data, tmp_path, shards=[0, 2])
     with pytest.raises(DatamilError, match=r"shards 1 of 3 are missing in .*shard=<k> n_shards=3") as error:
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
     assert "\n" not in str(error.value)
     with pytest.raises(
         DatamilError, match=r"shards 0, 1, 2, 3 of 4 are missing .*holds shards of n_shards=3"
     ):
-        gather(data, tmp_path, replace(SPEC, chunk=1), n_shards=4)
+        gather(shard_data, tmp_path, replace(SPEC, chunk=1), n_shards=4)
 
 
-def test_a_shard_from_another_config_or_data_is_refused(data, tmp_path):
-    write_shards(data, tmp_path)
-    write_shards(data, tmp_path, replace(SPEC, alpha=0.3), shards=[1])
+def test_a_shard_from_another_config_or_data_is_refused(shard_data, tmp_path):
+    write_shards(shard_data, tmp_path)
+    write_shards(shard_data, tmp_path, replace(SPEC, alpha=0.3), shards=[1])
     with pytest.raises(DatamilError, match=r"shards 1 were made with other settings") as error:
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
     assert "\n" not in str(error.value)
-    prior, val, tt = data
+    prior, val, tt = shard_data
     with pytest.raises(DatamilError, match=r"shards 0, 1, 2 were made with other settings"):
         gather((prior, tt, tt), tmp_path)  # another target-val set
-    write_shards(data, tmp_path, shards=[1])
-    lasso = gather(data, tmp_path, replace(SPEC, model="lasso"))  # the fit is not part of the shards
+    write_shards(shard_data, tmp_path, shards=[1])
+    lasso = gather(shard_data, tmp_path, replace(SPEC, model="lasso"))  # the fit is not part of the shards
     assert np.all(np.isfinite(lasso.scores))
 
 
-def test_a_shard_file_is_never_half_written(data, tmp_path, monkeypatch):
-    write_shards(data, tmp_path, shards=[0])
+def test_a_shard_file_is_never_half_written(shard_data, tmp_path, monkeypatch):
+    write_shards(shard_data, tmp_path, shards=[0])
     before = shard_path(tmp_path, 0, 3).read_bytes()
 
     def killed(*args):
@@ -115,16 +99,16 @@ def test_a_shard_file_is_never_half_written(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr("datamil.io.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(data, tmp_path, shards=[0, 1])
+        write_shards(shard_data, tmp_path, shards=[0, 1])
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "shard-0000-of-0003.npz"
     ]  # no temp file, no shard 1
     assert shard_path(tmp_path, 0, 3).read_bytes() == before
     shard_path(tmp_path, 1, 3).write_bytes(before[: len(before) // 2])  # e.g. a copy cut short by hand
-    write_shards(data, tmp_path, shards=[2])
+    write_shards(shard_data, tmp_path, shards=[2])
     with pytest.raises(DatamilError, match="shards 1 cannot be read; delete those files"):
-        gather(data, tmp_path)
+        gather(shard_data, tmp_path)
 
 
 TINY = [

@@ -11,9 +11,7 @@ those one process trains (`true_surrogates` for each truth seed on all M masks).
 
 from __future__ import annotations
 
-import json
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +27,14 @@ from datamil.datamodels.lds import (
     true_surrogates,
 )
 from datamil.datamodels.proxy import ProxyConfig, random_masks
-from datamil.datamodels.regression import _plain, fingerprint, store_digest
+from datamil.datamodels.shards import (
+    fingerprint,
+    load_shards,
+    read_shard,
+    settings_json,
+    shard_path,
+    store_digest,
+)
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
 from datamil.policies.base import Policy
@@ -107,10 +112,6 @@ def shard_settings(
     return {"spec": asdict(spec), "policy": repr(policy), "data": data, "settings": settings or {}}
 
 
-def shard_path(shard_dir: str | Path, shard: int, n_shards: int) -> Path:
-    return Path(shard_dir) / f"shard-{shard:04d}-of-{n_shards:04d}.npz"
-
-
 def _entries(units: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     """(truth seed index, subset index) of every truth value the units train, in unit order."""
     seed_of = np.concatenate([np.full(len(models), j) for j, models in units])
@@ -136,7 +137,7 @@ def run_lds_shard(
     masks = spec.masks(train_store.n_episodes)
     seed_of, models = _entries(units)
     path = shard_path(shard_dir, shard, n_shards)
-    done = _read_shard(path) if path.is_file() else None
+    done = read_shard(path, SHARD_KEYS) if path.is_file() else None
     if done is not None and str(done["fingerprint"]) == fingerprint(meta):
         if np.array_equal(done["seed_of"], seed_of) and np.array_equal(done["models"], models):
             return path
@@ -165,61 +166,11 @@ def run_lds_shard(
         masks=masks[models],
         values=np.concatenate(values),
         train_s=np.array(time.perf_counter() - start),
-        settings=np.array(json.dumps(meta, sort_keys=True, default=_plain)),
+        settings=np.array(settings_json(meta)),
     )
 
 
 SHARD_KEYS = ("fingerprint", "seed_of", "models", "masks", "values", "train_s", "settings")
-
-
-def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a shard file, or None if it is not a whole LDS shard file (cut short, foreign)."""
-    try:
-        with np.load(path) as saved:
-            return {name: saved[name] for name in SHARD_KEYS}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
-
-
-def load_shards(shard_dir: str | Path, n_shards: int, key: str) -> list[dict[str, np.ndarray]]:
-    """The S shard files of fingerprint `key`, or one DatamilError line naming the missing, unreadable
-    and mismatched shards and how to fix them."""
-    missing, unreadable, mismatched, shards = [], [], [], []
-    for s in range(n_shards):
-        path = shard_path(shard_dir, s, n_shards)
-        if not path.is_file():
-            missing.append(s)
-            continue
-        shard = _read_shard(path)
-        if shard is None:
-            unreadable.append(s)
-        elif str(shard["fingerprint"]) != key:
-            mismatched.append(s)
-        else:
-            shards.append(shard)
-    problems = []
-    if missing:
-        others = sorted({p.name.rsplit("-of-", 1)[-1][:-4] for p in Path(shard_dir).glob("shard-*-of-*.npz")})
-        other = [int(n) for n in others if n.isdigit() and int(n) != n_shards]
-        hint = f" (it holds shards of n_shards={', '.join(map(str, other))})" if other else ""
-        problems.append(
-            f"shards {_ids(missing)} of {n_shards} are missing in {shard_dir}{hint}; train them with the "
-            f"same settings (shard=<s> n_shards={n_shards}), then gather again"
-        )
-    if unreadable:
-        problems.append(f"shards {_ids(unreadable)} cannot be read; delete those files and train them again")
-    if mismatched:
-        problems.append(
-            f"shards {_ids(mismatched)} were made with other settings (data, policy, subsets, proxy or truth "
-            "seeds) than this gather; train them again with this gather's settings, or gather with theirs"
-        )
-    if problems:
-        raise DatamilError("cannot gather the LDS truths: " + "; ".join(problems))
-    return shards
-
-
-def _ids(indices: list[int]) -> str:
-    return ", ".join(map(str, indices))
 
 
 @dataclass
@@ -245,7 +196,14 @@ def gather_lds_truths(
     """The (k, M) truths one process trains, from the S shard files of this exact measurement (checked
     complete and consistent); trains nothing."""
     meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
-    shards = load_shards(shard_dir, n_shards, fingerprint(meta))
+    shards = load_shards(
+        shard_dir,
+        n_shards,
+        fingerprint(meta),
+        SHARD_KEYS,
+        what="the LDS truths",
+        settings="data, policy, subsets, proxy or truth seeds",
+    )
     masks = spec.masks(train_store.n_episodes)
     truths = np.full((len(spec.seeds), spec.n_models), np.nan)
     for s, shard in enumerate(shards):

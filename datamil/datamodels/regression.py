@@ -15,13 +15,9 @@ shard trains whole chunks, so K shards reproduce the single-process `run_regress
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LassoCV, RidgeCV
@@ -29,6 +25,7 @@ from sklearn.linear_model import LassoCV, RidgeCV
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, ensemble_surrogates_on_subsets, random_masks, subset_rows
+from datamil.datamodels.shards import fingerprint, load_shards, settings_json, shard_path, store_digest
 from datamil.datamodels.surrogate import Surrogate, TrainPool
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
@@ -152,28 +149,6 @@ estimate_regression = scores_only(run_regression)
 
 
 # ------------------------------------------------------------------------------------- shards
-def store_digest(store: TrajectoryStore | None) -> str | None:
-    """16 hex digits of a store's episode ids, offsets and a strided sample of every array's rows."""
-    if store is None:
-        return None
-    digest = hashlib.sha256(json.dumps(list(store.episodes.episode_id)).encode())
-    digest.update(np.asarray(store.offsets).tobytes())
-    picks = np.unique(np.linspace(0, max(store.n_steps - 1, 0), 64).astype(np.int64))
-    for key in sorted(store.arrays):
-        array = store.arrays[key]
-        digest.update(f"{key}{array.shape}{array.dtype}".encode())
-        if store.n_steps:
-            digest.update(np.ascontiguousarray(array[picks]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _plain(obj: Any) -> Any:
-    """JSON fallback: mappings as dicts, sequences (tuples, OmegaConf lists) as lists, else str."""
-    if hasattr(obj, "items"):
-        return dict(obj.items())
-    return list(obj) if hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes)) else str(obj)
-
-
 def shard_settings(
     policy: Policy,
     train_store: TrajectoryStore,
@@ -189,16 +164,6 @@ def shard_settings(
     data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
     data["target_train"] = store_digest(tt)
     return {"spec": trained, "policy": repr(policy), "data": data, "settings": settings or {}}
-
-
-def fingerprint(settings: dict) -> str:
-    """16 hex digits of `shard_settings`: shards of one run share it; gather refuses any other."""
-    text = json.dumps(settings, sort_keys=True, default=_plain)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def shard_path(shard_dir: str | Path, shard: int, n_shards: int) -> Path:
-    return Path(shard_dir) / f"shard-{shard:04d}-of-{n_shards:04d}.npz"
 
 
 def run_regression_shard(
@@ -231,61 +196,11 @@ def run_regression_shard(
         masks=masks,
         values=values,
         train_s=np.array(time.perf_counter() - start),
-        settings=np.array(json.dumps(meta, sort_keys=True, default=_plain)),
+        settings=np.array(settings_json(meta)),
     )
 
 
 SHARD_KEYS = ("fingerprint", "shard", "n_shards", "models", "masks", "values", "train_s", "settings")
-
-
-def _read_shard(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a shard file, or None if it is not a whole shard file (cut short, foreign)."""
-    try:
-        with np.load(path) as saved:
-            return {name: saved[name] for name in SHARD_KEYS}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
-        return None
-
-
-def load_shards(shard_dir: str | Path, n_shards: int, key: str) -> list[dict[str, np.ndarray]]:
-    """The K shard files of fingerprint `key`, or one DatamilError line naming the missing, unreadable
-    and mismatched shards and how to fix them."""
-    missing, unreadable, mismatched, shards = [], [], [], []
-    for k in range(n_shards):
-        path = shard_path(shard_dir, k, n_shards)
-        if not path.is_file():
-            missing.append(k)
-            continue
-        shard = _read_shard(path)
-        if shard is None:
-            unreadable.append(k)
-        elif str(shard["fingerprint"]) != key:
-            mismatched.append(k)
-        else:
-            shards.append(shard)
-    problems = []
-    if missing:
-        others = sorted({p.name.rsplit("-of-", 1)[-1][:-4] for p in Path(shard_dir).glob("shard-*-of-*.npz")})
-        other = [int(n) for n in others if n.isdigit() and int(n) != n_shards]
-        hint = f" (it holds shards of n_shards={', '.join(map(str, other))})" if other else ""
-        problems.append(
-            f"shards {_ids(missing)} of {n_shards} are missing in {shard_dir}{hint}; train them with the "
-            f"same settings (shard=<k> n_shards={n_shards}), then gather again"
-        )
-    if unreadable:
-        problems.append(f"shards {_ids(unreadable)} cannot be read; delete those files and train them again")
-    if mismatched:
-        problems.append(
-            f"shards {_ids(mismatched)} were made with other settings (data, policy, seed or estimator) than "
-            "this gather; train them again with this gather's settings, or gather with theirs"
-        )
-    if problems:
-        raise DatamilError("cannot gather the regression datamodel: " + "; ".join(problems))
-    return shards
-
-
-def _ids(indices: list[int]) -> str:
-    return ", ".join(map(str, indices))
 
 
 def gather_regression(
@@ -300,7 +215,15 @@ def gather_regression(
 ) -> EstimateResult:
     """`run_regression`'s result, from the K shard files of this exact run (checked complete and consistent)."""
     meta = shard_settings(policy, train_store, target_val_store, target_train_store, spec, settings)
-    shards = load_shards(shard_dir, n_shards, fingerprint(meta))
+    shards = load_shards(
+        shard_dir,
+        n_shards,
+        fingerprint(meta),
+        SHARD_KEYS,
+        what="the regression datamodel",
+        settings="data, policy, seed or estimator",
+        letter="k",
+    )
     masks = spec.masks(train_store.n_episodes)
     values = np.full(spec.n_models, np.nan)
     for k, shard in enumerate(shards):

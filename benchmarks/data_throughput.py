@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from scale_memory import tfds_batched_episodes
 
 from datamil.data.rlds import ingest_rlds, write_rlds
 from datamil.data.schema import Episode, EpisodeMeta
@@ -81,15 +82,7 @@ def raw_tfds_per_step(path: Path) -> int:
 
 def raw_tfds_batched(path: Path) -> int:
     """TFDS's fastest plain read: each episode's steps batched in the tf.data graph, no conversion."""
-    tf, tfds = _tf()
-    builder = tfds.builder_from_directory(os.fspath(path))
-    ds = builder.as_dataset(split="train", shuffle_files=False)
-    ds = ds.map(
-        lambda ep: {**ep, "steps": ep["steps"].batch(2**31 - 1).get_single_element()},
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    ).prefetch(2)
-    return sum(len(ep["steps"]["action"]) for ep in tfds.as_numpy(ds))
+    return sum(len(ep["steps"]["action"]) for ep in tfds_batched_episodes(os.fspath(path)))
 
 
 def sample(store, batch_size: int, batches: int) -> int:

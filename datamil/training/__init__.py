@@ -210,12 +210,16 @@ class BatchSource:
     ) -> None:
         self.device = torch.device("cpu") if device is None else device
         self.ids = np.unique(np.asarray(step_ids, np.int64))
-        arrays = store.batch(self.ids, keys=list(policy.batch_keys))
-        arrays.update(policy.extra_batch_arrays(store, self.ids))
-        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         self.weights = (
             None if weights is None else torch.as_tensor(np.asarray(weights)[self.ids], dtype=torch.float32)
         )
+        self._load(policy, store)
+
+    def _load(self, policy: Policy, store: TrajectoryStore) -> None:
+        """Gather every step of the pool from the store into host tensors, once."""
+        arrays = store.batch(self.ids, keys=list(policy.batch_keys))
+        arrays.update(policy.extra_batch_arrays(store, self.ids))
+        self.tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
     def rows(self, step_ids: np.ndarray) -> Tensor:
         """(B,) row of each global step id; ids outside the source fail loudly."""
@@ -228,9 +232,13 @@ class BatchSource:
         """(batch dict of (B, ...) tensors including "index", (B,) weights: ones when none were given)."""
         rows = self.rows(np.asarray(step_ids, np.int64))
         batch = {k: gather_to(v, rows, self.device) for k, v in self.tensors.items()}
+        return batch, self._weights(rows)
+
+    def _weights(self, rows: Tensor) -> Tensor:
+        """(B,) weights of these rows on the batch device: ones when none were given."""
         if self.weights is None:
-            return batch, torch.ones(len(rows), device=self.device)
-        return batch, gather_to(self.weights, rows, self.device)
+            return torch.ones(len(rows), device=self.device)
+        return gather_to(self.weights, rows, self.device)
 
 
 class StreamingBatchSource(BatchSource):
@@ -242,20 +250,9 @@ class StreamingBatchSource(BatchSource):
     than index arithmetic on tensors, so the in-memory BatchSource stays the default.
     """
 
-    def __init__(
-        self,
-        policy: Policy,
-        store: TrajectoryStore,
-        step_ids: np.ndarray,
-        weights: np.ndarray | None = None,
-        device: torch.device | None = None,
-    ) -> None:
-        self.device = torch.device("cpu") if device is None else device
-        self.ids = np.unique(np.asarray(step_ids, np.int64))
+    def _load(self, policy: Policy, store: TrajectoryStore) -> None:
+        """Keep the store to read each batch from it later; nothing is gathered up front."""
         self.policy, self.store, self.keys = policy, store, list(policy.batch_keys)
-        self.weights = (
-            None if weights is None else torch.as_tensor(np.asarray(weights)[self.ids], dtype=torch.float32)
-        )
 
     def batch(self, step_ids: np.ndarray) -> tuple[Batch, Tensor]:
         step_ids = np.asarray(step_ids, np.int64)
@@ -265,9 +262,7 @@ class StreamingBatchSource(BatchSource):
         arrays.update(self.policy.extra_batch_arrays(self.store, step_ids))
         host = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
         batch = {k: host_to(v, self.device) for k, v in host.items()}
-        if self.weights is None:
-            return batch, torch.ones(len(rows), device=self.device)
-        return batch, gather_to(self.weights, rows, self.device)
+        return batch, self._weights(rows)
 
 
 def gather_batch(

@@ -28,12 +28,14 @@ from datamil.datamodels.lds import (
 )
 from datamil.datamodels.proxy import ProxyConfig, random_masks
 from datamil.datamodels.shards import (
+    chunk_indices,
     fingerprint,
     load_shards,
     read_shard,
+    run_settings,
     settings_json,
     shard_path,
-    store_digest,
+    shard_share,
 )
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
@@ -77,23 +79,18 @@ class LdsSpec:
         """(truth seed index, subset indices of one vmapped chunk) of the whole measurement, seed-major."""
         if self.chunk < 1:
             raise DatamilError(f"chunk={self.chunk} must be at least 1")
-        chunks = [
-            np.arange(lo, min(lo + self.chunk, self.n_models)) for lo in range(0, self.n_models, self.chunk)
-        ]
+        chunks = chunk_indices(self.n_models, self.chunk)
         return [(j, models) for j in range(len(self.seeds)) for models in chunks]
 
     def shard_units(self, shard: int, n_shards: int) -> list[tuple[int, np.ndarray]]:
         """The units of shard s of S: a contiguous run of whole units (so results match one process)."""
         units = self.units()
-        if not 0 <= shard < n_shards:
-            raise DatamilError(f"shard={shard} is outside 0..{n_shards - 1}; use 0 <= shard < n_shards")
-        if n_shards > len(units):
-            raise DatamilError(
-                f"n_shards={n_shards} is more than the {len(units)} units (truth seed x vmapped chunk) of "
-                f"{len(self.seeds)} truth seeds, n_models={self.n_models}, chunk={self.chunk}; lower n_shards "
-                "or lds.chunk, since each shard trains whole chunks"
-            )
-        return [units[u] for u in np.array_split(np.arange(len(units)), n_shards)[shard]]
+        too_many = (
+            f"n_shards={n_shards} is more than the {len(units)} units (truth seed x vmapped chunk) of "
+            f"{len(self.seeds)} truth seeds, n_models={self.n_models}, chunk={self.chunk}; lower n_shards "
+            "or lds.chunk, since each shard trains whole chunks"
+        )
+        return [units[u] for u in shard_share(shard, n_shards, len(units), too_many)]
 
 
 def shard_settings(
@@ -106,10 +103,7 @@ def shard_settings(
 ) -> dict:
     """What every shard of one measurement must share: the spec, the policy, the data and the caller's
     `settings` (e.g. the resolved policy config)."""
-    tt = target_train_store if spec.include_target_train else None
-    data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
-    data["target_train"] = store_digest(tt)
-    return {"spec": asdict(spec), "policy": repr(policy), "data": data, "settings": settings or {}}
+    return run_settings(asdict(spec), policy, train_store, target_val_store, target_train_store, settings)
 
 
 def _entries(units: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

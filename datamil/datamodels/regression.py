@@ -25,7 +25,15 @@ from sklearn.linear_model import LassoCV, RidgeCV
 from datamil.data.store import TrajectoryStore
 from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
 from datamil.datamodels.proxy import ProxyConfig, ensemble_surrogates_on_subsets, random_masks, subset_rows
-from datamil.datamodels.shards import fingerprint, load_shards, settings_json, shard_path, store_digest
+from datamil.datamodels.shards import (
+    chunk_indices,
+    fingerprint,
+    load_shards,
+    run_settings,
+    settings_json,
+    shard_path,
+    shard_share,
+)
 from datamil.datamodels.surrogate import Surrogate, TrainPool
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz
@@ -53,23 +61,17 @@ class RegressionSpec:
         """Model indices of each vmapped chunk: [0, chunk), [chunk, 2 chunk), ..."""
         if self.chunk < 1 or self.n_models < 1:
             raise DatamilError(f"n_models={self.n_models} and chunk={self.chunk} must be at least 1")
-        return [
-            np.arange(lo, min(lo + self.chunk, self.n_models)) for lo in range(0, self.n_models, self.chunk)
-        ]
+        return chunk_indices(self.n_models, self.chunk)
 
     def shard_models(self, shard: int, n_shards: int) -> np.ndarray:
         """Model indices of shard k of K: a contiguous run of whole chunks (so results match one process)."""
         chunks = self.chunks()
-        if not 0 <= shard < n_shards:
-            raise DatamilError(f"shard={shard} is outside 0..{n_shards - 1}; use 0 <= shard < n_shards")
-        if n_shards > len(chunks):
-            raise DatamilError(
-                f"n_shards={n_shards} is more than the {len(chunks)} vmapped chunks of n_models="
-                f"{self.n_models}, chunk={self.chunk}; lower n_shards or the estimator's chunk (at most "
-                f"{max(1, self.n_models // n_shards)}), since each shard trains whole chunks"
-            )
-        mine = np.array_split(np.arange(len(chunks)), n_shards)[shard]
-        return np.concatenate([chunks[c] for c in mine])
+        too_many = (
+            f"n_shards={n_shards} is more than the {len(chunks)} vmapped chunks of n_models="
+            f"{self.n_models}, chunk={self.chunk}; lower n_shards or the estimator's chunk (at most "
+            f"{max(1, self.n_models // n_shards)}), since each shard trains whole chunks"
+        )
+        return np.concatenate([chunks[c] for c in shard_share(shard, n_shards, len(chunks), too_many)])
 
 
 def fit_datamodel(masks: np.ndarray, values: np.ndarray, model: str = "ridge") -> tuple[np.ndarray, float]:
@@ -160,10 +162,7 @@ def shard_settings(
     """What every shard of one run must share: the spec (less the fit-only `model`), the policy, the data
     and the caller's `settings` (e.g. the resolved policy config)."""
     trained = {k: v for k, v in asdict(spec).items() if k != "model"}
-    tt = target_train_store if spec.include_target_train else None
-    data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
-    data["target_train"] = store_digest(tt)
-    return {"spec": trained, "policy": repr(policy), "data": data, "settings": settings or {}}
+    return run_settings(trained, policy, train_store, target_val_store, target_train_store, settings)
 
 
 def run_regression_shard(

@@ -35,6 +35,36 @@ def store_digest(store: TrajectoryStore | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def run_settings(
+    spec: dict,
+    policy: Any,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore,
+    target_train_store: TrajectoryStore | None,
+    settings: dict | None,
+) -> dict:
+    """What every shard of one run must share: the trained part of the spec, the policy, digests of the
+    data (target-train only when the proxies train on it) and the caller's `settings`."""
+    data = {"prior": store_digest(train_store), "target_val": store_digest(target_val_store)}
+    data["target_train"] = store_digest(target_train_store if spec["include_target_train"] else None)
+    return {"spec": spec, "policy": repr(policy), "data": data, "settings": settings or {}}
+
+
+def chunk_indices(n_items: int, chunk: int) -> list[np.ndarray]:
+    """Indices of each vmapped chunk: [0, chunk), [chunk, 2 chunk), ... up to n_items."""
+    return [np.arange(lo, min(lo + chunk, n_items)) for lo in range(0, n_items, chunk)]
+
+
+def shard_share(shard: int, n_shards: int, n_units: int, too_many: str) -> np.ndarray:
+    """Indices of the units shard s of S trains: a contiguous run of whole units (so results match one
+    process). too_many: the error line when there are fewer units than shards."""
+    if not 0 <= shard < n_shards:
+        raise DatamilError(f"shard={shard} is outside 0..{n_shards - 1}; use 0 <= shard < n_shards")
+    if n_shards > n_units:
+        raise DatamilError(too_many)
+    return np.array_split(np.arange(n_units), n_shards)[shard]
+
+
 def plain(obj: Any) -> Any:
     """JSON fallback: mappings as dicts, sequences (tuples, OmegaConf lists) as lists, else str."""
     if hasattr(obj, "items"):

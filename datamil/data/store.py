@@ -239,22 +239,7 @@ class TrajectoryStore:
     def episode(self, index: int) -> Episode:
         """Episode `index` as an Episode (views into the flat arrays, no copy)."""
         lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
-        obs = {n[len(OBS_PREFIX) :]: v[lo:hi] for n, v in self.arrays.items() if n.startswith(OBS_PREFIX)}
-        meta = EpisodeMeta(
-            self.episodes.episode_id[index],
-            self.episodes.dataset[index],
-            self.episodes.task[index],
-            self.episodes.success[index],
-        )
-        flags = {flag: self.arrays[flag][lo:hi] for flag in STEP_FLAGS}
-        return Episode(
-            obs,
-            self.arrays[ACTION][lo:hi],
-            meta,
-            self.arrays[REWARD][lo:hi],
-            language_instruction=self.episodes.language[index],
-            **flags,
-        )
+        return self._episode_of(index, {name: array[lo:hi] for name, array in self.arrays.items()})
 
     def read_episode(self, index: int, keys: Collection[str] | None = None) -> Episode:
         """Episode `index` as an Episode of in-memory copies read from disk (`read`), unlike `episode`'s
@@ -264,7 +249,10 @@ class TrajectoryStore:
         """
         lo, hi = int(self.offsets[index]), int(self.offsets[index + 1])
         names = [n for n in self.arrays if not n.startswith(OBS_PREFIX) or keys is None or n in keys]
-        arrays = self.read(np.arange(lo, hi), names)
+        return self._episode_of(index, self.read(np.arange(lo, hi), names))
+
+    def _episode_of(self, index: int, arrays: dict[str, np.ndarray]) -> Episode:
+        """The Episode of episode `index` from its step arrays (views or copies) and the episode table."""
         obs = {n[len(OBS_PREFIX) :]: v for n, v in arrays.items() if n.startswith(OBS_PREFIX)}
         meta = EpisodeMeta(
             self.episodes.episode_id[index],

@@ -374,6 +374,12 @@ def results_table(rows: list[dict], settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def write_results_md(csv_path: Path) -> Path:
+    """results.md beside a committed runs CSV of this benchmark (`benchmarks/tables.py` calls this too)."""
+    rows = _selection_quality().tables.read_rows(csv_path)
+    return atomic_write_text(csv_path.with_name("results.md"), results_table(rows, Settings()))
+
+
 def _pct(x: float) -> str:
     return "-" if not np.isfinite(x) else f"{100 * x:.0f}"
 
@@ -392,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     settings = Settings(seeds=tuple(args.seeds))
     if args.tables:
         rows = _selection_quality().tables.read_rows(args.results / CSV_NAME)
-        atomic_write_text(args.results / "results.md", results_table(rows, settings))
+        write_results_md(args.results / CSV_NAME)
     else:
         rows = run(settings, args.work, args.results)
     print((args.results / "results.md").read_text())

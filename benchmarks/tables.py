@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -393,14 +396,32 @@ def plain_markdown(path: Path) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
 
 
+# CSVs whose benchmark lays out its own results.md: {CSV name: benchmarks/<script>.py with write_results_md}
+OWN_LAYOUT = {"cross_embodiment.csv": "cross_embodiment"}
+
+
 def regenerate(csv_path: Path) -> Path:
-    """Write results.md (runs.csv), pilot.md (pilot.csv) or <name>.md (any other CSV) next to the CSV."""
+    """Write results.md (runs.csv, or a CSV of OWN_LAYOUT), pilot.md (pilot.csv) or <name>.md (any other
+    CSV) next to the CSV."""
+    if csv_path.name in OWN_LAYOUT:
+        return _benchmark_script(OWN_LAYOUT[csv_path.name]).write_results_md(csv_path)
     if csv_path.name not in ("runs.csv", "pilot.csv"):
         return atomic_write_text(csv_path.with_suffix(".md"), plain_markdown(csv_path))
     rows = read_rows(csv_path)
     if csv_path.name == "pilot.csv":
         return atomic_write_text(csv_path.with_name("pilot.md"), pilot_markdown(rows))
     return atomic_write_text(csv_path.with_name("results.md"), results_markdown(rows))
+
+
+def _benchmark_script(name: str) -> Any:
+    """benchmarks/<name>.py as a module (benchmarks/ holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"datamil_benchmark_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def results_csvs() -> list[Path]:

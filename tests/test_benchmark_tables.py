@@ -154,3 +154,14 @@ def test_means_of_a_partial_run_cover_only_tasks_every_method_finished(tables):
     assert "mean of the 1 finished tasks" in table
     assert "| random | 100 [93, 100] | 0 [0, 7] | **100 [93, 100]** |" in table  # b left out of the mean
     assert [r["task"] for r in tables.finished_everywhere(rows, ["random", "all_prior"])] == ["a", "a"]
+
+
+def test_a_benchmark_with_its_own_layout_rebuilds_its_committed_table(tables, tmp_path):
+    """cross_embodiment.csv is laid out by its own script, and `tables.py` rebuilds the committed results.md
+    from the committed CSV exactly (so the README's cross-embodiment numbers come from one command)."""
+    committed = ROOT / "benchmarks" / "results" / "cross_embodiment"
+    copy = tmp_path / "cross_embodiment.csv"
+    copy.write_bytes((committed / "cross_embodiment.csv").read_bytes())
+    (written,) = tables.main([str(copy)])
+    assert written == tmp_path / "results.md"
+    assert written.read_text() == (committed / "results.md").read_text()

@@ -250,3 +250,43 @@ def test_corrupt_shard_is_one_clear_line(tmp_path, episodes):
     with pytest.raises(DataError, match="unreadable data .*re-write or re-download") as info:
         _read(broken)
     assert "\n" not in str(info.value)
+
+
+def test_small_episodes_travel_batched_and_an_error_inside_a_batch_names_its_episode(tmp_path):
+    """State-only episodes are read many to one tf.data element (split back per episode); an unparsable
+    record in the middle of such a batch is still reported as that exact episode, after the episodes
+    before it were read."""
+    import shutil
+
+    import tensorflow as tf
+
+    from datamil.data.rlds import episodes_per_element
+
+    original = fx.make_episodes(n=9, steps=5, image=False)
+    path = write_rlds(original, tmp_path / "src", "datamil_batched")
+    read = _read(path)
+    assert [e.meta.episode_id for e in read] == [e.meta.episode_id for e in original]
+    for got, want in zip(read, original, strict=True):
+        np.testing.assert_array_equal(got.actions, want.actions)
+        np.testing.assert_array_equal(got.observations["state"], want.observations["state"])
+    spec = {"steps": {"action": tf.TensorSpec([None, 4], tf.float32)}, "id": tf.TensorSpec([], tf.string)}
+    assert episodes_per_element(tf, spec) == 64
+    frames = {**spec, "steps": {"image": tf.TensorSpec([None, 256, 256, 3], tf.uint8)}}
+    assert episodes_per_element(tf, frames) == 1
+    ragged = {**spec, "steps": {"tokens": tf.TensorSpec([None, None], tf.int32)}}
+    assert episodes_per_element(tf, ragged) == 1
+
+    broken = tmp_path / "broken" / "datamil_batched" / "1.0.0"
+    shutil.copytree(path, broken)
+    records = {s: [r.numpy() for r in tf.data.TFRecordDataset(str(s))] for s in broken.glob("*.tfrecord*")}
+    shard, ordered = next((s, r) for s, r in records.items() if len(r) > 5)
+    ordered[5] = b"not an example"  # a valid record frame (checksums match) that does not parse
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for record in ordered:
+            writer.write(record)
+    seen = []
+    with pytest.raises(DataError, match=r"unreadable data in episode #5 ") as error:
+        for episode in read_rlds(broken, progress=False):
+            seen.append(episode.meta.episode_id)
+    assert "\n" not in str(error.value)
+    assert seen == [e.meta.episode_id for e in original[:5]]

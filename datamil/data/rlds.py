@@ -12,7 +12,9 @@ one episode per example:
     episode_metadata: {episode_id, dataset, task: Text, success: int32 (-1 unknown, 0, 1)}
 
 Reading streams one episode at a time and turns each episode's steps into numpy in one batched tf.data op
-(no per-step Python), so ingest keeps pace with TFDS's own reader.
+(no per-step Python). Small episodes also travel several to one tf.data element (a ragged batch, split
+back in numpy): tf.data's Python iterator costs about a millisecond per element, which otherwise is most
+of the time of a state-only read (benchmarks/scale_memory.py measures ingest against TFDS's own read).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from datamil.errors import DataError, UnknownNameError
 
 _ALL_STEPS = 2**31 - 1  # batch size that puts a whole episode's steps in one batch
 _SLICE_EPISODES = 2000  # episodes read per tf.data pipeline (see split_slices)
+_BATCH_BYTES = 64 * 2**20  # bound on one tf.data element of several episodes (see episodes_per_element)
+_BOUND_STEPS = 1000  # steps per episode assumed when sizing that element
+_MAX_EPISODES_PER_ELEMENT = 64
 _SHARD_ID = re.compile(r"-(\d+)-of-(\d+)__(\d+)$")
 
 
@@ -151,13 +156,17 @@ def read_rlds(
     total = _split_size(builder, split)
     total = total if max_episodes is None else min(total, max_episodes)
     slices = split_slices(tfds, builder, split, max_episodes)
-    first = _episode_dataset(tf, tfds, builder, spec, slices[0], images) if slices else None
+
+    def dataset(part: str, batched: bool = True) -> tuple[Any, bool]:
+        return _episode_dataset(tf, tfds, builder, spec, part, images, batched)
+
+    first = dataset(slices[0]) if slices else None  # setup errors (bad keys, decoders) raise here
     datasets = itertools.chain(
-        [first] if first is not None else [],
-        (_episode_dataset(tf, tfds, builder, spec, part, images) for part in slices[1:]),
+        [(slices[0], first)] if first is not None else [],
+        ((part, dataset(part)) for part in slices[1:]),
     )
     reader = _EpisodeReader(builder, spec, split.split("[")[0], images, grayscale_to_rgb)
-    return _stream(tfds, datasets, reader, total, progress)
+    return _stream(tf, datasets, dataset, reader, total, progress)
 
 
 def split_slices(tfds: Any, builder: Any, split: str, limit: int | None = None) -> list[str]:
@@ -211,9 +220,11 @@ def _split_size(builder: Any, split: str) -> int:
 
 
 def _episode_dataset(
-    tf: Any, tfds: Any, builder: Any, spec: Standardization, split: str, images: bool
-) -> Any:
-    """tf.data of episodes whose `steps` are already batched into (T, ...) tensors."""
+    tf: Any, tfds: Any, builder: Any, spec: Standardization, split: str, images: bool, batched: bool = True
+) -> tuple[Any, bool]:
+    """tf.data of episodes whose `steps` are already batched into (T, ...) tensors, and whether its
+    elements are ragged batches of several episodes (`batched` and small episodes, see
+    episodes_per_element) rather than one episode each."""
     cameras = image_paths(builder.info.features)
     used = spec.image_paths(cameras) if images else []
     decoders = _skip_decoders(tfds, [p for p in cameras if p not in used])
@@ -228,7 +239,51 @@ def _episode_dataset(
     def batch_steps(episode: dict) -> dict:
         return {**episode, "steps": episode["steps"].batch(_ALL_STEPS).get_single_element()}
 
-    return ds.map(batch_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    ds = ds.map(batch_steps, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    per_element = episodes_per_element(tf, ds.element_spec) if batched else 1
+    if per_element > 1:
+        ds = ds.ragged_batch(per_element)
+    return ds.prefetch(2), per_element > 1
+
+
+def episodes_per_element(tf: Any, element_spec: Any) -> int:
+    """How many episodes one tf.data element carries: as many as fit `_BATCH_BYTES` at `_BOUND_STEPS`
+    steps each (state-only episodes: the maximum; camera episodes: one or a few), and 1 when a feature's
+    shape is not static beyond time, which a ragged batch could not split back per episode."""
+    steps = tf.nest.flatten(element_spec["steps"])
+    rest = tf.nest.flatten({k: v for k, v in element_spec.items() if k != "steps"})
+    if not all(s.shape[1:].is_fully_defined() for s in steps) or not all(
+        s.shape.is_fully_defined() for s in rest
+    ):
+        return 1
+    step_bytes = sum(
+        int(np.prod(s.shape[1:], dtype=np.int64)) * (64 if s.dtype == tf.string else s.dtype.size)
+        for s in steps
+    )
+    fit = _BATCH_BYTES // max(1, step_bytes * _BOUND_STEPS)
+    return int(np.clip(fit, 1, _MAX_EPISODES_PER_ELEMENT))
+
+
+def _split_element(tf: Any, element: Any, is_batch: bool) -> Iterator[dict]:
+    """The episodes of one tf.data element as numpy trees: one episode as is, or a ragged batch split
+    along its row splits (steps) and first axis (episode-level features)."""
+    if not is_batch:
+        yield tf.nest.map_structure(_to_numpy, element)
+        return
+    leaves = tf.nest.flatten(element)
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, tf.RaggedTensor):
+            values, splits = leaf.flat_values.numpy(), leaf.row_splits.numpy()
+            parts.append([values[a:b] for a, b in zip(splits[:-1], splits[1:], strict=True)])
+        else:
+            parts.append(list(leaf.numpy()))
+    for episode in zip(*parts, strict=True):
+        yield tf.nest.pack_sequence_as(element, list(episode))
+
+
+def _to_numpy(leaf: Any) -> Any:
+    return leaf.numpy()
 
 
 def image_paths(features: Any) -> list[str]:
@@ -258,25 +313,49 @@ def _skip_decoders(tfds: Any, paths: list[str]) -> dict:
 
 
 def _stream(
-    tfds: Any, datasets: Iterator[Any], reader: _EpisodeReader, total: int, progress: bool
+    tf: Any,
+    datasets: Iterator[tuple[str, tuple[Any, bool]]],
+    dataset: Any,
+    reader: _EpisodeReader,
+    total: int,
+    progress: bool,
 ) -> Iterator[Episode]:
-    import tensorflow as tf
+    """Episodes of each (slice, tf.data) in turn. A read error inside a batch of episodes re-reads that
+    slice from the batch's first episode one at a time, so the error names the exact episode."""
     from tqdm import tqdm
 
-    episodes = itertools.chain.from_iterable(tfds.as_numpy(dataset) for dataset in datasets)
+    position = 0
     with tqdm(total=total, desc=reader.name, unit="ep", disable=not progress) as bar:
-        for position in itertools.count():
+        for part, (ds, is_batch) in datasets:
+            start = position
             try:
-                raw = next(episodes)
-            except StopIteration:
-                return
-            except tf.errors.OpError as error:  # a corrupt shard or an undecodable frame
+                for element in ds:
+                    for raw in _split_element(tf, element, is_batch):
+                        yield reader.episode(raw, position)
+                        position += 1
+                        bar.update()
+            except tf.errors.OpError as error:
+                cause = _tf_cause(error)
+                name, (lo, hi) = _slice_bounds(part)
+                single, _ = dataset(f"{name}[{lo + position - start}:{hi}]", batched=False)
+                try:
+                    for element in single:
+                        yield reader.episode(next(_split_element(tf, element, False)), position)
+                        position += 1
+                        bar.update()
+                except tf.errors.OpError as exact:
+                    cause = _tf_cause(exact)
                 raise DataError(
                     f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
-                    f"order): {_tf_cause(error)}; re-write or re-download the dataset"
+                    f"order): {cause}; re-write or re-download the dataset"
                 ) from None
-            yield reader.episode(raw, position)
-            bar.update()
+
+
+def _slice_bounds(part: str) -> tuple[str, tuple[int, int]]:
+    """'train[10:20]' -> ('train', (10, 20)), as split_slices writes them."""
+    name, bounds = part[:-1].split("[")
+    lo, hi = bounds.split(":")
+    return name, (int(lo), int(hi))
 
 
 def _tf_cause(error: Any) -> str:

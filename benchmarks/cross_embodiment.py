@@ -52,11 +52,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import json
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +69,7 @@ from datamil.data.rlds import write_rlds
 from datamil.data.rlds_raw import state_action_example, state_action_features, write_raw
 from datamil.data.schema import Episode
 from datamil.io import atomic_write_text
+from datamil.scripts import load_script
 from datamil.selection import read_selection
 from datamil.sim_tasks.generate import generate_episodes, generate_target_demos
 
@@ -242,14 +241,8 @@ def prior_config(built: Built) -> list[dict]:
 
 # ------------------------------------------------------------------------------ runs
 def _selection_quality():
-    """benchmarks/selection_quality.py (benchmarks/ holds scripts, not a package)."""
-    name = "datamil_benchmark_selection_quality"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("selection_quality.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """benchmarks/selection_quality.py, whose plan and runs this benchmark shares."""
+    return load_script(Path(__file__).with_name("selection_quality.py"))
 
 
 def make_plan(settings: Settings, built: Built, work: Path):

@@ -18,8 +18,9 @@ jobs share the output directory and `--gather` writes the tables from their fini
 Writes into the output directory: runs.csv (one row per run), composition.csv (per run: selected
 trajectories and successes per source task), results.md (tables: success, paired differences, the bar,
 surrogate vs success, composition; `python benchmarks/tables.py` rebuilds them from runs.csv), success.png
-and config.yaml. `--pilot` runs target_only, seed 0, on the preset's `test_candidates` and writes
-pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks), resumable the same way.
+and config.yaml. `--pilot` runs `pilot.method` (target_only unless set) at `pilot.seed` on the preset's
+`test_candidates` and writes pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks, and
+dev tasks when it asks for them), resumable the same way.
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
@@ -38,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -63,24 +62,13 @@ from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text, file_lock
+from datamil.scripts import load_script
 from datamil.selection import Selection, SelectionConfig, read_selection
 from datamil.selection.pipeline import run_selection
 from datamil.sim_tasks.evaluation import evaluate_checkpoint
 from datamil.training.cotraining import cotrain_on_selection
 
-
-def _load_tables():
-    """benchmarks/tables.py, the one home of the table functions (benchmarks/ holds scripts, not a package)."""
-    name = "datamil_benchmark_tables"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tables.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-tables = _load_tables()
+tables = load_script(Path(__file__).with_name("tables.py"))  # the one home of the table functions
 MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
@@ -523,8 +511,9 @@ def gather_benchmark(cfg: DictConfig) -> list[dict]:
 
 
 def run_pilot(cfg: DictConfig) -> list[dict]:
-    """target_only on every test candidate (no DataMIL run needed); writes pilot.csv and pilot.md, whose
-    `test_tasks` line is what the preset's rule picks. The pilot has its own seed (`pilot.seed`, not one of
+    """The pilot method (`pilot.method`, default target_only: no DataMIL run needed) on every test
+    candidate; writes pilot.csv and pilot.md, whose `test_tasks` (and `dev_tasks`) lines are what the
+    preset's rule picks. The pilot has its own seed (`pilot.seed`, not one of
     the benchmark's seeds) and its own directory: the benchmark's target_only runs of the chosen tasks are
     fresh, not the runs that were picked for being low."""
     candidates = list(cfg.get("test_candidates") or [])
@@ -538,7 +527,8 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
         raise DatamilError(f"test candidates must not be dev tasks; remove {dev} from test_candidates")
     cfg = cfg.copy()
     OmegaConf.update(cfg, "tasks", candidates)
-    OmegaConf.update(cfg, "methods", ["target_only"])
+    OmegaConf.update(cfg, "methods", [str(rule.get("method", "target_only"))])
+    n_test, n_dev = int(rule.n_test_tasks), int(rule.get("n_dev_tasks", 0))
     pilot_seed = int(rule.get("seed", 100))
     if pilot_seed in set(cfg.seeds):
         raise DatamilError(
@@ -546,21 +536,25 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
         )
     OmegaConf.update(cfg, "seeds", [pilot_seed])
     OmegaConf.update(cfg, "output_dir", str(Path(cfg.output_dir) / "pilot"))
+    if cfg.get("resume_from"):  # the committed pilot.csv beside the committed runs.csv
+        OmegaConf.update(cfg, "resume_from", str(Path(cfg.resume_from).with_name("pilot.csv")))
     plan = prepare(cfg)
 
     def pick(rows: list[dict]) -> list[dict]:
-        return tables.pilot_pick(rows, float(rule.max_success), int(rule.n_test_tasks))
+        return tables.pilot_pick(rows, float(rule.max_success), n_test, n_dev)
 
     def write(rows: list[dict]) -> Path:
         return tables.write_csv(pick(rows), plan.out / "pilot.csv", tables.PILOT_FIELDS)
 
     def picked_all(rows: list[dict]) -> bool:  # later candidates cannot change the first n qualifiers
-        return sum(r["test_task"] == "yes" for r in pick(rows)) >= int(rule.n_test_tasks)
+        picked = pick(rows)
+        n_chosen = sum(r["test_task"] == "yes" for r in picked)
+        return n_chosen >= n_test and sum(r.get("dev_task") == "yes" for r in picked) >= n_dev
 
     rows = pick(run_all(plan, write, "pilot runs", picked_all))
     text = tables.pilot_markdown(rows)
     n_chosen = sum(r["test_task"] == "yes" for r in rows)
-    if n_chosen < int(rule.n_test_tasks):
+    if n_chosen < n_test:
         text += f"\nonly {n_chosen} of {len(rows)} candidates qualify; add candidates to test_candidates\n"
     atomic_write_text(plan.out / "pilot.md", text)
     return rows

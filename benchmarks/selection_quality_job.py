@@ -17,8 +17,6 @@ and seeds lists, which name every run): an output directory holding runs of othe
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -27,19 +25,13 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from datamil.cli import CONFIG_DIR, one_line_errors
+from datamil.scripts import load_script
 
 
 def load_benchmark() -> ModuleType:
-    """benchmarks/selection_quality.py (benchmarks/ holds scripts, not a package), loaded in the process that
-    runs the job: launchers ship this file's `main` to their workers by value, not its imports."""
-    name = "selection_quality"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name("selection_quality.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """benchmarks/selection_quality.py, loaded in the process that runs the job: launchers ship this file's
+    `main` to their workers by value, not its imports."""
+    return load_script(Path(__file__).resolve().with_name("selection_quality.py"))
 
 
 def preset_of(cfg: DictConfig) -> DictConfig:

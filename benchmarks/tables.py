@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -34,6 +31,7 @@ from datamil.datamodels import ESTIMATORS
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
 from datamil.report import markdown_table
+from datamil.scripts import load_script
 from datamil.selection import SELECTION_METHODS
 from datamil.selection.methods import DATAMODEL_METHODS
 
@@ -43,10 +41,10 @@ CSV_FIELDS = (
     "n_prior", "n_selected", "selected_success", "selected_target_task", "select_s", "train_s", "eval_s", "cpu_s",
     "n_target_train", "n_target_val", "budget", "budget_count", "size_from", "cotrain_steps",
 )  # fmt: skip
-PILOT_FIELDS = (*CSV_FIELDS, "qualifies", "test_task")
+PILOT_FIELDS = (*CSV_FIELDS, "qualifies", "test_task", "dev_task")
 INT_FIELDS = {"seed", "n_episodes", "n_prior", "n_selected", "selected_success", "selected_target_task"}
 INT_FIELDS |= {"n_target_train", "n_target_val", "budget_count", "cotrain_steps"}
-TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task"}
+TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task", "dev_task"}
 SELF_SIZED = frozenset({"all_prior", "target_only", "threshold"})  # methods that ignore the budget
 DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning"}  # fmt: skip
 BAR = {"best baseline": 10, "all_prior": 15}  # points DataMIL must gain over each
@@ -334,30 +332,43 @@ def results_markdown(rows: list[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------ the pilot
-def pilot_pick(rows: list[dict], max_success: float, n_test: int) -> list[dict]:
-    """The pilot's rule, applied to target_only seed-0 rows in candidate order: a candidate qualifies when
-    target_only succeeds on fewer than `max_success` of its episodes (room for prior data to help); the
-    first `n_test` qualifying candidates are the test tasks."""
-    out, n_chosen = [], 0
+def pilot_pick(rows: list[dict], max_success: float, n_test: int, n_dev: int = 0) -> list[dict]:
+    """The pilot's rule, applied to the pilot method's rows in candidate order: a candidate qualifies when
+    that method succeeds on fewer than `max_success` of its episodes (room for selection to show). Qualifying
+    candidates become test tasks, or alternately (test first) dev tasks while fewer than `n_dev` are dev
+    tasks, until `n_test` are test tasks: hard dev tasks to tune on, and hard test tasks never tuned on."""
+    out, n_chosen, n_dev_chosen = [], 0, 0
     for row in rows:
         qualifies = row["success_rate"] < max_success
-        test = qualifies and n_chosen < n_test
-        n_chosen += test
-        out.append(row | {"qualifies": "yes" if qualifies else "no", "test_task": "yes" if test else "no"})
+        dev = qualifies and n_dev_chosen < n_dev and (n_chosen > n_dev_chosen or n_chosen >= n_test)
+        test = qualifies and not dev and n_chosen < n_test
+        n_chosen, n_dev_chosen = n_chosen + test, n_dev_chosen + dev
+        out.append(
+            row
+            | {"qualifies": "yes" if qualifies else "no", "test_task": "yes" if test else "no"}
+            | ({"dev_task": "yes" if dev else "no"} if n_dev else {})
+        )
     return out
 
 
 def pilot_markdown(rows: list[dict]) -> str:
-    """pilot.md: target_only success per candidate, and the test_tasks line the rule picks."""
-    header = ("candidate", "target_only success (%) [95% Wilson]", "qualifies", "test task")
+    """pilot.md: the pilot method's success per candidate, and the test_tasks (and dev_tasks) lines the
+    rule picks."""
+    method = (rows[0].get("method") or "target_only") if rows else "target_only"
+    with_dev = any("dev_task" in r and r["dev_task"] != "" for r in rows)
+    header = ("candidate", f"{method} success (%) [95% Wilson]", "qualifies", "test task")
+    header += ("dev task",) if with_dev else ()
     cells = [
         (r["task"], f"{points(r['success_rate'])} [{points(r['ci_low'])}, {points(r['ci_high'])}]",
-         r["qualifies"], r["test_task"])
+         r["qualifies"], r["test_task"], *((r["dev_task"],) if with_dev else ()))
         for r in rows
     ]  # fmt: skip
     lines = markdown_table(header, cells)
     chosen = [r["task"] for r in rows if r["test_task"] == "yes"]
-    return "\n".join([*lines, "", f"test_tasks: [{', '.join(chosen)}]"]) + "\n"
+    lines += ["", f"test_tasks: [{', '.join(chosen)}]"]
+    if with_dev:
+        lines.append(f"dev_tasks: [{', '.join(r['task'] for r in rows if r['dev_task'] == 'yes')}]")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ CSV in and out
@@ -404,24 +415,15 @@ def regenerate(csv_path: Path) -> Path:
     """Write results.md (runs.csv, or a CSV of OWN_LAYOUT), pilot.md (pilot.csv) or <name>.md (any other
     CSV) next to the CSV."""
     if csv_path.name in OWN_LAYOUT:
-        return _benchmark_script(OWN_LAYOUT[csv_path.name]).write_results_md(csv_path)
+        return load_script(Path(__file__).with_name(f"{OWN_LAYOUT[csv_path.name]}.py")).write_results_md(
+            csv_path
+        )
     if csv_path.name not in ("runs.csv", "pilot.csv"):
         return atomic_write_text(csv_path.with_suffix(".md"), plain_markdown(csv_path))
     rows = read_rows(csv_path)
     if csv_path.name == "pilot.csv":
         return atomic_write_text(csv_path.with_name("pilot.md"), pilot_markdown(rows))
     return atomic_write_text(csv_path.with_name("results.md"), results_markdown(rows))
-
-
-def _benchmark_script(name: str) -> Any:
-    """benchmarks/<name>.py as a module (benchmarks/ holds scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f"datamil_benchmark_{name}", Path(__file__).with_name(f"{name}.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def results_csvs() -> list[Path]:

@@ -4,8 +4,6 @@ math against brute force and planted answers, and (slow) the selection-quality b
 from __future__ import annotations
 
 import functools
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from datamil.datamodels.metagrad import estimate_metagrad
 from datamil.datamodels.proxy import ProxyConfig
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
+from datamil.scripts import load_script
 from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest, read_selection
 from datamil.selection.baselines import query_demos
 from datamil.selection.methods import DATAMODEL_METHODS
@@ -287,14 +286,7 @@ def test_sub_trajectories_cover_every_step():
 @pytest.fixture(scope="module")
 def bench():
     """benchmarks/selection_quality.py as a module (benchmarks/ holds scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "selection_quality", ROOT / "benchmarks" / "selection_quality.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["selection_quality"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("selection_quality", None)
+    return load_script(ROOT / "benchmarks" / "selection_quality.py")
 
 
 def test_method_specs_parse_and_fail_on_one_line(bench):

@@ -3,13 +3,13 @@ the bar, size-matched labels, the pilot's rule, and the one command that rebuild
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
+
+from datamil.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("metaworld/a", "metaworld/b")
@@ -25,12 +25,7 @@ SUCCESS = {
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location("bench_tables", ROOT / "benchmarks" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_tables"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_tables", None)
+    return load_script(ROOT / "benchmarks" / "tables.py")
 
 
 def make_rows() -> list[dict]:
@@ -113,6 +108,22 @@ def test_pilot_rule_takes_the_first_five_below_80_percent(tables):
     assert "test_tasks: [metaworld/c1, metaworld/c2, metaworld/c4, metaworld/c5, metaworld/c6]" in (
         tables.pilot_markdown(picked)
     )
+
+
+def test_pilot_rule_alternates_test_and_dev_tasks_until_both_are_filled(tables):
+    rates = [0.5, 0.9, 0.1, 0.2, 0.69, 0.7, 0.3, 0.4, 0.0, 0.6, 0.1]
+    rows = [
+        {"task": f"metaworld/c{i}", "method": "all_prior", "success_rate": r, "ci_low": 0.0, "ci_high": 1.0}
+        for i, r in enumerate(rates)
+    ]
+    picked = tables.pilot_pick(rows, 0.7, 5, n_dev=3)
+    tests = [r["task"][-3:].strip("/") for r in picked if r["test_task"] == "yes"]
+    devs = [r["task"][-3:].strip("/") for r in picked if r["dev_task"] == "yes"]
+    assert tests == ["c0", "c3", "c6", "c8", "c9"] and devs == ["c2", "c4", "c7"]
+    assert picked[-1]["qualifies"] == "yes" and picked[-1]["test_task"] == picked[-1]["dev_task"] == "no"
+    text = tables.pilot_markdown(picked)
+    assert "| candidate | all_prior success (%) [95% Wilson] | qualifies | test task | dev task |" in text
+    assert text.endswith("dev_tasks: [metaworld/c2, metaworld/c4, metaworld/c7]\n")
 
 
 def test_one_command_rebuilds_every_table(tables, tmp_path, capsys):

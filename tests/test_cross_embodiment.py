@@ -5,8 +5,6 @@ inverse map and the per-dataset normalization turn back into MetaWorld's), rotat
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ pytest.importorskip("tensorflow_datasets")
 
 from datamil.data.normalization import NormStats  # noqa: E402
 from datamil.data.sources import RLDSSource  # noqa: E402
+from datamil.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.sim  # generates MuJoCo episodes
@@ -23,12 +22,7 @@ pytestmark = pytest.mark.sim  # generates MuJoCo episodes
 
 @pytest.fixture(scope="module")
 def bench():
-    name = "datamil_benchmark_cross_embodiment"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "cross_embodiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "cross_embodiment.py")
 
 
 @pytest.fixture(scope="module")

@@ -260,8 +260,17 @@ def select(plan: Plan, data: TaskData, method: str, seed: int) -> tuple[Selectio
         share_scores(plan, data.task, name, run_dir)
     config = {"estimator": estimator_config, "policy": plan.config["proxy"], "method": method}
     cfg = selection_config(plan, spec, budget)
-    selection = run_selection(data, plan.proxy, estimate, name, cfg, [seed], run_dir, config)
+    seeds = proxy_seeds(seed, int(plan.config.get("proxy_seeds", 1)))
+    selection = run_selection(data, plan.proxy, estimate, name, cfg, seeds, run_dir, config)
     return selection, time.perf_counter() - start
+
+
+def proxy_seeds(seed: int, n: int) -> list[int]:
+    """The proxy seeds a DataMIL selection of benchmark seed `seed` averages: the seed itself, then
+    seed + 1000, seed + 2000, ... (never another benchmark seed's), `n` in all."""
+    if n < 1:
+        raise DatamilError(f"proxy_seeds={n}: a selection needs at least one proxy seed")
+    return [seed + 1000 * j for j in range(n)]
 
 
 def composition(selection: Selection, data: TaskData) -> dict[str, Any]:
@@ -431,6 +440,8 @@ def check_resumable(plan: Plan) -> None:
     instead of mixing old runs into a new table."""
     settings = {k: v for k, v in plan.config.items() if k not in RUN_INDEPENDENT}
     data = settings.get("data")
+    if settings.get("proxy_seeds", 1) == 1:  # one proxy seed, as before the key existed
+        settings.pop("proxy_seeds", None)
     if isinstance(data, dict) and data.get("normalization") == "none":  # the identity: output directories
         settings["data"] = {
             k: v for k, v in data.items() if k != "normalization"

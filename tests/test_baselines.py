@@ -289,6 +289,13 @@ def bench():
     return load_script(ROOT / "benchmarks" / "selection_quality.py")
 
 
+def test_proxy_seeds_start_at_the_run_seed_and_never_reach_another_run_seed(bench):
+    assert bench.proxy_seeds(2, 1) == [2]
+    assert bench.proxy_seeds(2, 3) == [2, 1002, 2002]
+    with pytest.raises(DatamilError, match="proxy_seeds=0"):
+        bench.proxy_seeds(0, 0)
+
+
 def test_method_specs_parse_and_fail_on_one_line(bench):
     def parse(name: str) -> tuple:
         spec = bench.parse_method(name)

@@ -138,6 +138,9 @@ def test_benchmark_ingest_round_trips_the_generated_dataset_and_writes_its_csv(t
         {"stage": "TFDS batched read", **read, "peak_rss_mib": 100.0},
         {"stage": "ingest_rlds -> store", **done, "peak_rss_mib": 110.0},
     ]
+    scale_memory.add_rates(rows)
+    assert rows[1]["time_vs_tfds_read"] == pytest.approx(done["wall_s"] / read["wall_s"])
+    assert "time_vs_tfds_read" not in rows[0] and rows[0]["steps_per_s"] == 100 / read["wall_s"]
     scale_memory.write_csv(rows, scale_memory.INGEST_COLUMNS, tmp_path / "ingest.csv")
     with (tmp_path / "ingest.csv").open() as f:
         written = list(csv.DictReader(f))

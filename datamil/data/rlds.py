@@ -267,8 +267,8 @@ def episodes_per_element(tf: Any, element_spec: Any) -> int:
 def _split_element(tf: Any, element: Any, is_batch: bool) -> Iterator[dict]:
     """The episodes of one tf.data element as numpy trees: one episode as is, or a ragged batch split
     along its row splits (steps) and first axis (episode-level features)."""
-    if not is_batch:
-        yield tf.nest.map_structure(_to_numpy, element)
+    if not is_batch:  # as tfds.as_numpy converts an element: tensors to numpy, ragged features as they are
+        yield tf.nest.map_structure(lambda x: x.numpy() if isinstance(x, tf.Tensor) else x, element)
         return
     leaves = tf.nest.flatten(element)
     parts = []
@@ -281,9 +281,6 @@ def _split_element(tf: Any, element: Any, is_batch: bool) -> Iterator[dict]:
     for episode in zip(*parts, strict=True):
         yield tf.nest.pack_sequence_as(element, list(episode))
 
-
-def _to_numpy(leaf: Any) -> Any:
-    return leaf.numpy()
 
 
 def image_paths(features: Any) -> list[str]:
@@ -321,7 +318,8 @@ def _stream(
     progress: bool,
 ) -> Iterator[Episode]:
     """Episodes of each (slice, tf.data) in turn. A read error inside a batch of episodes re-reads that
-    slice from the batch's first episode one at a time, so the error names the exact episode."""
+    slice from the batch's first episode one at a time, so the error names the exact episode (and a
+    read that then succeeds goes on with the next slice)."""
     from tqdm import tqdm
 
     position = 0
@@ -334,8 +332,7 @@ def _stream(
                         yield reader.episode(raw, position)
                         position += 1
                         bar.update()
-            except tf.errors.OpError as error:
-                cause = _tf_cause(error)
+            except tf.errors.OpError:
                 name, (lo, hi) = _slice_bounds(part)
                 single, _ = dataset(f"{name}[{lo + position - start}:{hi}]", batched=False)
                 try:
@@ -343,12 +340,11 @@ def _stream(
                         yield reader.episode(next(_split_element(tf, element, False)), position)
                         position += 1
                         bar.update()
-                except tf.errors.OpError as exact:
-                    cause = _tf_cause(exact)
-                raise DataError(
-                    f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
-                    f"order): {cause}; re-write or re-download the dataset"
-                ) from None
+                except tf.errors.OpError as error:  # a corrupt shard or an undecodable frame
+                    raise DataError(
+                        f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
+                        f"order): {_tf_cause(error)}; re-write or re-download the dataset"
+                    ) from None
 
 
 def _slice_bounds(part: str) -> tuple[str, tuple[int, int]]:

@@ -566,7 +566,11 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
     text = tables.pilot_markdown(rows)
     n_chosen = sum(r["test_task"] == "yes" for r in rows)
     if n_chosen < n_test:
-        text += f"\nonly {n_chosen} of {len(rows)} candidates qualify; add candidates to test_candidates\n"
+        n_qualify = sum(r["qualifies"] == "yes" for r in rows)
+        text += (
+            f"\nonly {n_chosen} test tasks: {n_qualify} of {len(rows)} candidates qualify; add candidates "
+            "to test_candidates for more\n"
+        )
     atomic_write_text(plan.out / "pilot.md", text)
     return rows
 

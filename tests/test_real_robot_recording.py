@@ -88,6 +88,19 @@ def _episode_dirs(root) -> list[str]:
     return sorted(p.name for p in episodes.iterdir()) if episodes.is_dir() else []
 
 
+def _mid_episode(root) -> bool:
+    """Two episodes finished and a third one's journal holds some steps."""
+    if len(_episode_dirs(root)) < 2:
+        return False
+    sizes = []
+    for journal in root.glob(".ep_*.journal"):
+        try:
+            sizes.append(journal.stat().st_size)
+        except FileNotFoundError:  # finished (renamed) between the listing and the stat
+            pass
+    return any(size > 2000 for size in sizes)
+
+
 def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
     root = tmp_path / "session"
     command = [sys.executable, "-m", "datamil.real_robot.teleop", "operator.name=scripted", f"task={TASK}", "key_input=none",
@@ -98,11 +111,16 @@ def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
     )
     deadline = time.monotonic() + 120
     try:
-        while len(_episode_dirs(root)) < 2 or not any(
-            j.stat().st_size > 2000 for j in root.glob(".ep_*.journal")
-        ):
+        while True:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "teleop did not record two episodes in time"
+            if _mid_episode(root):
+                # freeze it, then look again: on a busy machine the episode may end in between
+                process.send_signal(signal.SIGSTOP)
+                os.waitpid(process.pid, os.WUNTRACED)  # returns once the process is stopped
+                if _mid_episode(root):
+                    break
+                process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
     finally:

@@ -355,7 +355,7 @@ def pilot_markdown(rows: list[dict]) -> str:
     """pilot.md: the pilot method's success per candidate, and the test_tasks (and dev_tasks) lines the
     rule picks."""
     method = (rows[0].get("method") or "target_only") if rows else "target_only"
-    with_dev = any("dev_task" in r and r["dev_task"] != "" for r in rows)
+    with_dev = any(r.get("dev_task") for r in rows)
     header = ("candidate", f"{method} success (%) [95% Wilson]", "qualifies", "test task")
     header += ("dev task",) if with_dev else ()
     cells = [

@@ -260,7 +260,7 @@ def select(plan: Plan, data: TaskData, method: str, seed: int) -> tuple[Selectio
         share_scores(plan, data.task, name, run_dir)
     config = {"estimator": estimator_config, "policy": plan.config["proxy"], "method": method}
     cfg = selection_config(plan, spec, budget)
-    seeds = proxy_seeds(seed, int(plan.config.get("proxy_seeds", 1)))
+    seeds = proxy_seeds(seed, int(plan.config["proxy_seeds"]))
     selection = run_selection(data, plan.proxy, estimate, name, cfg, seeds, run_dir, config)
     return selection, time.perf_counter() - start
 

@@ -346,7 +346,7 @@ def test_size_matched_runs_take_the_reference_count_and_share_scores(bench, plan
     plan = bench.Plan(
         tasks=["t"], methods=[], seeds=[0], budget=0.25, options={}, data=None, policy=None,
         proxy=functools.partial(MLPPolicy, hidden=(8,)), estimator=estimate, estimator_name="metagrad",
-        cotrain={}, optim=None, eval={}, out=tmp_path, config={"estimator": {}, "proxy": {}},
+        cotrain={}, optim=None, eval={}, out=tmp_path, config={"estimator": {}, "proxy": {}, "proxy_seeds": 1},
     )  # fmt: skip
     picked = {m: bench.select(plan, data, m, 0)[0].selected for m in
               ["random@metagrad_threshold", "metagrad", "metagrad@metagrad_threshold", "random"]}  # fmt: skip

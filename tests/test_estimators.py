@@ -14,7 +14,7 @@ from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
 from datamil.datamodels.base import check_scores, prepare
 from datamil.datamodels.lds import linear_datamodeling_score, predicted_surrogates
 from datamil.datamodels.metagrad import finite_difference, metagradient, replayed_difference
-from datamil.datamodels.proxy import step_fn
+from datamil.datamodels.proxy import batch_order, step_fn
 from datamil.datamodels.regression import fit_datamodel
 from datamil.datamodels.truncated import truncated_scores
 from datamil.errors import DatamilError
@@ -122,6 +122,21 @@ def test_include_target_train_scores_only_prior(stores):
     assert result.scores.shape == (train.n_steps,)
     pool, _ = prepare(policy, train, val, target_train, include_target_train=True)
     assert pool.size == train.n_steps + target_train.n_steps and pool.n_scored == train.n_steps
+
+
+def test_metagradient_with_a_target_share_matches_finite_differences(stores):
+    """Half of every batch from target-train (co-training's 1:1 mixture): the prior's scores are still
+    the exact derivative of the surrogate, and target rows fill half of each batch."""
+    train, val, target_train = stores
+    policy = TinyGelu()
+    cfg = replace(proxy(), target_share=0.5)
+    pool, surrogate = prepare(policy, train, val, target_train, include_target_train=True)
+    order = batch_order(pool, cfg, 0)
+    assert all(int((order(t) >= pool.n_scored).sum()) == 4 for t in range(cfg.steps))
+    scores = metagradient(policy, pool, surrogate, cfg, 0).scores
+    for row in (0, 5, 13):
+        fd = finite_difference(policy, pool, surrogate, cfg, 0, row, eps=1e-6)
+        assert scores[row] == pytest.approx(fd, rel=1e-4, abs=1e-10)
 
 
 def _fd_injection(policy, pool, surrogate, cfg, seed, t_star, row, eps=1e-6, weight=None):

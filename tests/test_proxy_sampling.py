@@ -54,6 +54,8 @@ def test_auto_covers_the_pool_by_trajectories_only_when_uniform_draws_cannot() -
     assert resolve_sampling(cfg, 1_000_000) == "trajectory"  # the full prior: 0.1 draws per row
     with pytest.raises(DatamilError, match="sampling"):
         ProxyConfig(sampling="stratified")
+    with pytest.raises(DatamilError, match="target_share"):
+        ProxyConfig(target_share=1.0)  # a batch of target-train only would score no prior sample
 
 
 def test_noise_ceiling_separates_signal_from_seed_noise() -> None:

@@ -61,15 +61,24 @@ class ProxyConfig:
     sampling: how each step's batch is drawn from the pool (see `BatchOrder`): "uniform" (with
     replacement), "epoch" (a fresh permutation of the rows each epoch), "trajectory" (rounds that visit
     every trajectory once, one random step of each), or "auto" (`resolve_sampling`).
+    target_share: the fraction of each batch drawn uniformly from the pool's target-train rows (when it
+    holds them), as co-training's target:prior mixture does; the rest follows `sampling` over the prior.
+    0 keeps target-train among the pool's rows at its natural share.
     """
 
     optim: OptimConfig = field(default_factory=smooth_optim)
     batch_size: int = 256
     sampling: str = "auto"
+    target_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
             raise DatamilError(f"proxy sampling {self.sampling!r} must be one of {SAMPLINGS}")
+        if not 0.0 <= self.target_share < 1.0:
+            raise DatamilError(
+                f"proxy target_share {self.target_share!r} must be in [0, 1): the share of each batch "
+                "drawn from target-train, e.g. 0.5 for co-training's 1:1 mixture"
+            )
 
     @property
     def steps(self) -> int:
@@ -160,8 +169,34 @@ def batch_order(
     the same rule.
     """
     rows = np.arange(pool.size) if pool_rows is None else np.asarray(pool_rows, np.int64)
-    sampling = resolve_sampling(cfg, len(rows))
-    return BatchOrder(pool.episode, rows, cfg.batch_size, seed, sampling, pool.device)
+    target = rows[rows >= pool.n_scored]
+    n_target = round(cfg.target_share * cfg.batch_size) if len(target) else 0
+    if n_target == 0:
+        sampling = resolve_sampling(cfg, len(rows))
+        return BatchOrder(pool.episode, rows, cfg.batch_size, seed, sampling, pool.device)
+    prior = rows[rows < pool.n_scored]
+    n_prior = cfg.batch_size - n_target
+    sampling = resolve_sampling(replace(cfg, batch_size=n_prior), len(prior))
+    prior_order = BatchOrder(pool.episode, prior, n_prior, seed, sampling, pool.device)
+    return MixedBatchOrder(prior_order, target, n_target, seed)
+
+
+class MixedBatchOrder:
+    """A `BatchOrder` over the prior rows plus `n_target` uniform draws from the target-train rows in
+    every batch: the proxy sees the target at co-training's share, and every prior row keeps the
+    coverage its own order gives it. A pure function of (seed, step), like `BatchOrder`."""
+
+    _TARGET_STREAM = 0x51A2  # keeps target draws apart from the prior order's draws of the same step
+
+    def __init__(self, prior: BatchOrder, target_rows: np.ndarray, n_target: int, seed: int) -> None:
+        self.prior, self.target_rows, self.n_target, self.seed = prior, target_rows, int(n_target), int(seed)
+        self.batch_size = prior.batch_size + self.n_target
+
+    def __call__(self, step: int) -> Tensor:
+        """(B,) pool rows of `step`'s batch: the prior's rows, then the target's."""
+        pick = batch_indices(self.seed, step, len(self.target_rows), self.n_target, self._TARGET_STREAM)
+        target = host_to(torch.from_numpy(self.target_rows[pick]), self.prior.device)
+        return torch.cat([self.prior(step), target])
 
 
 StepFn = Callable[[Params, OptState, Tensor], tuple[Params, OptState]]

@@ -170,7 +170,7 @@ def batch_order(
     """
     rows = np.arange(pool.size) if pool_rows is None else np.asarray(pool_rows, np.int64)
     target = rows[rows >= pool.n_scored]
-    n_target = round(cfg.target_share * cfg.batch_size) if len(target) else 0
+    n_target = min(round(cfg.target_share * cfg.batch_size), cfg.batch_size - 1) if len(target) else 0
     if n_target == 0:
         sampling = resolve_sampling(cfg, len(rows))
         return BatchOrder(pool.episode, rows, cfg.batch_size, seed, sampling, pool.device)

@@ -38,6 +38,7 @@ Each datamodel method spec names its estimator (`trak_threshold`); the same co-t
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -435,17 +436,32 @@ def write_outputs(rows: list[dict], out: Path, methods: list[str]) -> Path:
     return atomic_write_text(out / "results.md", tables.results_markdown(rows))
 
 
+# Settings added after output directories existed, at the value that makes the runs made before them:
+# left out of settings.json at that value, so those directories still resume.
+NEUTRAL_SETTINGS: dict[tuple[str, ...], Any] = {
+    ("proxy_seeds",): 1,  # one proxy seed per selection
+    ("data", "normalization"): "none",  # the identity
+    ("estimator", "proxy", "target_share"): 0.0,  # target-train at its natural share of the proxy's pool
+}
+
+
+def resumable_settings(config: dict) -> dict:
+    """The settings an output directory's runs depend on: config less run-independent keys and less
+    the NEUTRAL_SETTINGS at their neutral value."""
+    settings = copy.deepcopy({k: v for k, v in config.items() if k not in RUN_INDEPENDENT})
+    for (*parents, key), neutral in NEUTRAL_SETTINGS.items():
+        node = settings
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == neutral:
+            del node[key]
+    return settings
+
+
 def check_resumable(plan: Plan) -> None:
     """An output directory holds runs of one setting: resuming it with other settings fails loudly
     instead of mixing old runs into a new table."""
-    settings = {k: v for k, v in plan.config.items() if k not in RUN_INDEPENDENT}
-    data = settings.get("data")
-    if settings.get("proxy_seeds", 1) == 1:  # one proxy seed, as before the key existed
-        settings.pop("proxy_seeds", None)
-    if isinstance(data, dict) and data.get("normalization") == "none":  # the identity: output directories
-        settings["data"] = {
-            k: v for k, v in data.items() if k != "normalization"
-        }  # from before the key match
+    settings = resumable_settings(plan.config)
     path = plan.out / "settings.json"
     text = json.dumps(settings, sort_keys=True, default=str)
     if path.is_file() and path.read_text() != text:

@@ -289,6 +289,18 @@ def bench():
     return load_script(ROOT / "benchmarks" / "selection_quality.py")
 
 
+def test_settings_added_later_leave_older_output_directories_resumable_at_their_neutral_value(bench):
+    old = {"budget": 0.1, "data": {"name": "m"}, "estimator": {"proxy": {"batch_size": 256}}}
+    new = {"budget": 0.1, "data": {"name": "m", "normalization": "none"}, "proxy_seeds": 1, "seeds": [0],
+           "estimator": {"proxy": {"batch_size": 256, "target_share": 0.0}}}  # fmt: skip
+    assert bench.resumable_settings(new) == old and "target_share" in new["estimator"]["proxy"]  # a copy
+    changed = bench.resumable_settings(
+        new | {"estimator": {"proxy": {"batch_size": 256, "target_share": 0.5}}}
+    )
+    assert changed["estimator"]["proxy"]["target_share"] == 0.5
+    assert bench.resumable_settings(new | {"proxy_seeds": 3})["proxy_seeds"] == 3
+
+
 def test_proxy_seeds_start_at_the_run_seed_and_never_reach_another_run_seed(bench):
     assert bench.proxy_seeds(2, 1) == [2]
     assert bench.proxy_seeds(2, 3) == [2, 1002, 2002]

@@ -48,8 +48,8 @@ from datamil.datamodels.base import EstimateResult, check_scores, prepare, score
 from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
+    batch_split,
     initial_state,
-    resolve_sampling,
     run_steps,
     step_fn,
 )
@@ -225,9 +225,9 @@ def warn_if_sparse(cfg: ProxyConfig, pool: TrainPool) -> None:
     prior a 400 x 256 run draws 0.1 samples per pool row and scores 90% of the steps exactly 0; trajectory
     rounds (sampling "auto" picks them there) draw every trajectory about 12 times instead.
     """
-    draws = cfg.steps * cfg.batch_size
-    sampling = resolve_sampling(cfg, pool.size)
-    units = len(np.unique(pool.episode)) if sampling == "trajectory" else pool.size
+    split = batch_split(pool, cfg, np.arange(pool.size))
+    draws, sampling = cfg.steps * split.batch_size, split.sampling
+    units = len(np.unique(pool.episode[split.rows])) if sampling == "trajectory" else len(split.rows)
     if draws < units:
         what = "trajectories" if sampling == "trajectory" else "samples"
         logger.warning(

@@ -160,25 +160,40 @@ class BatchOrder:
         return host_to(torch.from_numpy(out), self.device)
 
 
+@dataclass(frozen=True)
+class BatchSplit:
+    """How a proxy batch of `cfg` divides over pool rows: `batch_size` rows per step walk `rows` by
+    `sampling`, and `n_target` more are drawn uniformly from `target_rows` (none when target_share is 0)."""
+
+    rows: np.ndarray
+    batch_size: int
+    sampling: str
+    target_rows: np.ndarray
+    n_target: int
+
+
+def batch_split(pool: TrainPool, cfg: ProxyConfig, rows: np.ndarray) -> BatchSplit:
+    """The one rule both the batch order and the coverage warning follow; at least one prior row a batch."""
+    target = rows[rows >= pool.n_scored]
+    n_target = min(round(cfg.target_share * cfg.batch_size), cfg.batch_size - 1) if len(target) else 0
+    walked = rows[rows < pool.n_scored] if n_target else rows
+    n_walked = cfg.batch_size - n_target
+    sampling = resolve_sampling(replace(cfg, batch_size=n_walked), len(walked))
+    return BatchSplit(walked, n_walked, sampling, target, n_target)
+
+
 def batch_order(
     pool: TrainPool, cfg: ProxyConfig, seed: int, pool_rows: np.ndarray | None = None
-) -> BatchOrder:
+) -> BatchOrder | MixedBatchOrder:
     """The batch order of a proxy run of `cfg` from `seed` on `pool_rows` (default: the whole pool).
 
     "auto" resolves against the size of the rows trained on, so a subset proxy and the full-pool run use
     the same rule.
     """
     rows = np.arange(pool.size) if pool_rows is None else np.asarray(pool_rows, np.int64)
-    target = rows[rows >= pool.n_scored]
-    n_target = min(round(cfg.target_share * cfg.batch_size), cfg.batch_size - 1) if len(target) else 0
-    if n_target == 0:
-        sampling = resolve_sampling(cfg, len(rows))
-        return BatchOrder(pool.episode, rows, cfg.batch_size, seed, sampling, pool.device)
-    prior = rows[rows < pool.n_scored]
-    n_prior = cfg.batch_size - n_target
-    sampling = resolve_sampling(replace(cfg, batch_size=n_prior), len(prior))
-    prior_order = BatchOrder(pool.episode, prior, n_prior, seed, sampling, pool.device)
-    return MixedBatchOrder(prior_order, target, n_target, seed)
+    split = batch_split(pool, cfg, rows)
+    order = BatchOrder(pool.episode, split.rows, split.batch_size, seed, split.sampling, pool.device)
+    return MixedBatchOrder(order, split.target_rows, split.n_target, seed) if split.n_target else order
 
 
 class MixedBatchOrder:
@@ -190,7 +205,6 @@ class MixedBatchOrder:
 
     def __init__(self, prior: BatchOrder, target_rows: np.ndarray, n_target: int, seed: int) -> None:
         self.prior, self.target_rows, self.n_target, self.seed = prior, target_rows, int(n_target), int(seed)
-        self.batch_size = prior.batch_size + self.n_target
 
     def __call__(self, step: int) -> Tensor:
         """(B,) pool rows of `step`'s batch: the prior's rows, then the target's."""

@@ -63,6 +63,7 @@ from datamil.datamodels import ESTIMATORS
 from datamil.datamodels.surrogate import Surrogate
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text, file_lock
+from datamil.registry import configured
 from datamil.scripts import load_script
 from datamil.selection import Selection, SelectionConfig, read_selection
 from datamil.selection.pipeline import run_selection
@@ -212,13 +213,15 @@ def load_task(plan: Plan, task: str) -> TaskData:
 
 # ------------------------------------------------------------------------------------ selection
 def selection_config(plan: Plan, spec: MethodSpec, budget: float) -> SelectionConfig:
-    """`options[<method>]` are SelectionConfig fields for datamodel methods (e.g. {iterative: {rounds: 2}})
-    and method options for baselines (e.g. {strap: {segment_length: 30}})."""
+    """`options[<method>]` are SelectionConfig fields for datamodel methods (e.g. {iterative: {rounds: 2}}),
+    over the method's preset (datamil/configs/method/<method>.yaml), and method options for baselines
+    (e.g. {strap: {segment_length: 30}})."""
     options = dict(plan.options.get(spec.method, {}))
     if not spec.datamodel:
         return SelectionConfig(method=spec.method, budget=budget, options=options)
+    preset = dict(configured("method", spec.method))
     try:
-        return SelectionConfig(method=spec.method, budget=budget, aggregate="sum", **options)
+        return SelectionConfig(**{**preset, "budget": budget, "aggregate": "sum", **options})
     except TypeError as err:
         raise DatamilError(f"options.{spec.method} has a key SelectionConfig lacks: {err}") from None
 

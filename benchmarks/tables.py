@@ -10,7 +10,7 @@ regenerates exactly the tables it produced.
 Method names (the benchmark's `methods` list) are specs:
 - `<estimator>` (e.g. `metagrad`): DataMIL, that estimator's scores, top-k at the budget;
 - `<estimator>_<datamodel method>` (e.g. `metagrad_threshold`): that datamodel selection method
-  (topk | threshold | iterative) on that estimator's scores;
+  (topk | threshold | iterative | refine) on that estimator's scores;
 - any other registered selection method (`random`, `strap`, `deminf`, ...): a baseline at the budget;
 - `<spec>@<reference>` (e.g. `random@metagrad_threshold`): the spec with its budget set to the number of
   trajectories the reference selected for the same (task, seed): a size-matched comparison.
@@ -46,7 +46,7 @@ INT_FIELDS = {"seed", "n_episodes", "n_prior", "n_selected", "selected_success",
 INT_FIELDS |= {"n_target_train", "n_target_val", "budget_count", "cotrain_steps"}
 TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task", "dev_task"}
 SELF_SIZED = frozenset({"all_prior", "target_only", "threshold"})  # methods that ignore the budget
-DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning"}  # fmt: skip
+DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning", "refine": "DataMIL inside a retrieval pool"}  # fmt: skip
 BAR = {"best baseline": 10, "all_prior": 15}  # points DataMIL must gain over each
 
 

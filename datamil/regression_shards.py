@@ -29,6 +29,7 @@ from datamil.datamodels.regression import (
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
 from datamil.policies.build import build_policy
+from datamil.selection.methods import RESCORING_METHODS
 from datamil.selection.pipeline import run_selection
 
 REGRESSION_TARGET = "datamil.datamodels.regression.estimate_regression"
@@ -89,8 +90,10 @@ def main(cfg: DictConfig) -> None:
     task = require_task(cfg, EXAMPLE)
     if cfg.shard is None and not cfg.gather:
         raise DatamilError(f"say which shard to train (shard=<k> n_shards=<K>) or gather=true: `{EXAMPLE}`")
-    if cfg.gather and cfg.selection.method == "iterative":
-        raise DatamilError("method=iterative re-estimates on subsets the shards did not train; use topk")
+    if cfg.gather and cfg.selection.method in RESCORING_METHODS:
+        raise DatamilError(
+            f"method={cfg.selection.method} re-estimates on subsets the shards did not train; use topk"
+        )
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)

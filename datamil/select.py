@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from datamil.cli import CONFIG_DIR, one_line_errors, require_task, require_values, run_dir_of, save_config
 from datamil.device import resolve_device
 from datamil.errors import DatamilError
-from datamil.selection.methods import DATAMODEL_METHODS
+from datamil.selection.methods import DATAMODEL_METHODS, RESCORING_METHODS
 from datamil.selection.pipeline import check_seed_files, run_selection, score_seeds, score_settings
 
 
@@ -33,9 +33,9 @@ def check_fan_out(cfg: DictConfig) -> None:
         raise DatamilError("score_only=true and gather=true are two steps; run the jobs, then the gather")
     if not cfg.run_dir:
         raise DatamilError("score_only and gather need run_dir=<a directory every job and the gather see>")
-    if cfg.selection.method not in DATAMODEL_METHODS - {"iterative"}:
+    if cfg.selection.method not in DATAMODEL_METHODS - RESCORING_METHODS:
         raise DatamilError(
-            f"method {cfg.selection.method} cannot fan out proxy seeds (iterative re-scores subsets; "
+            f"method {cfg.selection.method} cannot fan out proxy seeds (iterative and refine re-score subsets; "
             "baselines run no proxies); use topk or threshold"
         )
 

@@ -125,6 +125,10 @@ def test_user_errors_are_one_line_also_when_instantiate_wrapped_them():
         ({"method": "iterative", "drop_percentile": 20.0, "readmit_percentile": 20.0}, "readmit < drop"),
         ({"method": "iterative", "drop_percentile": 120.0}, "readmit < drop <= 100"),
         ({"method": "iterative", "readmit_percentile": -5.0}, "0 <= readmit"),
+        ({"method": "refine", "pool_method": "all_prior"}, "pool_method='all_prior' ranks nothing"),
+        ({"method": "refine", "pool_method": "iterative"}, "ranks nothing to refine"),
+        ({"method": "refine", "budget": 0.3, "pool_share": 0.2}, "pool_share=0.2 must be in \\(budget=0.3, 1\\]"),
+        ({"method": "refine", "rounds": 0}, "rounds=0 must be a whole number"),
     ],
 )
 def test_selection_settings_are_refused_on_one_line(settings, message):

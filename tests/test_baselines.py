@@ -22,7 +22,7 @@ from datamil.policies.mlp import MLPPolicy
 from datamil.scripts import load_script
 from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest, read_selection
 from datamil.selection.baselines import query_demos
-from datamil.selection.methods import DATAMODEL_METHODS
+from datamil.selection.methods import DATAMODEL_METHODS, RESCORING_METHODS, UNRANKED_METHODS
 from datamil.selection.pipeline import run_selection
 from datamil.selection.retrieval import (
     dtw_costs,
@@ -36,7 +36,7 @@ from datamil.training import OptimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = [n for n in SELECTION_METHODS.names() if n not in DATAMODEL_METHODS]
-RANKED = [n for n in BASELINES if n not in ("all_prior", "target_only")]
+RANKED = [n for n in BASELINES if n not in UNRANKED_METHODS]
 CHEAP = {  # keep the VAE fits short in tests
     "behavior_retrieval": {"steps": 60, "batch_size": 128},
     "deminf": {"steps": 60, "batch_size": 128},
@@ -80,7 +80,7 @@ def test_every_method_writes_a_valid_selection(name, tiny_task_data, tmp_path):
     assert all(np.isfinite(list(selection.scores.values())))
     expected = {"all_prior": len(ids), "target_only": 0, "threshold": len(ids)}
     k = max(1, round(0.25 * len(ids)))
-    if name == "iterative":  # the budget is a share of the pool that survives pruning
+    if name in RESCORING_METHODS:  # the budget is a share of the pool that survives pruning
         assert 1 <= len(selection.selected) <= k
     else:
         assert len(selection.selected) == expected.get(name, k)
@@ -97,6 +97,30 @@ def test_ranked_baselines_keep_the_budget(name, budget, tiny_task_data):
     assert len(chosen) == max(1, round(budget * n)) == len(np.unique(chosen))
     worst_kept, best_left = scores[chosen].max(), np.delete(scores, chosen).min(initial=np.inf)
     assert worst_kept <= best_left  # the kept ones are the lowest scores
+
+
+@pytest.mark.sim
+def test_refine_keeps_the_best_scored_of_the_retrieval_pool(tiny_task_data):
+    """refine = the datamodel's top-k inside the pool_share a retrieval method ranks closest; the proxy is
+    trained on that pool (the scorer sees it as `active`), and nothing outside it is scored or kept."""
+    n = tiny_task_data.prior.n_episodes
+    planted = np.random.default_rng(0).permutation(n).astype(float)  # the "datamodel": lower = better
+    asked = []
+
+    def scorer(active):
+        asked.append(np.asarray(active))
+        out = np.full(n, np.nan)
+        out[active] = planted[active]
+        return out
+
+    cfg = SelectionConfig(method="refine", budget=0.25, pool_share=0.5, rounds=1)
+    scores, chosen = SELECTION_METHODS.get("refine")(SelectionRequest(tiny_task_data, cfg, 0, scorer))
+    _, pool = SELECTION_METHODS.get("action_similarity")(request(tiny_task_data, "action_similarity", 0.5))
+    np.testing.assert_array_equal(asked[0], pool)  # one round, estimated around the pool only
+    k = max(1, round(0.25 * n))
+    assert len(chosen) == k and set(chosen) <= set(pool)
+    np.testing.assert_array_equal(np.sort(chosen), np.sort(pool[np.argsort(planted[pool])[:k]]))
+    assert np.all(np.isfinite(scores)) and scores.max() == planted[pool].max()  # the unscored: the pool's worst
 
 
 @pytest.mark.sim

@@ -87,6 +87,22 @@ def test_iterative_prune_drops_bad_and_readmits_good():
         iterative_prune(lambda a: np.zeros(3), 20, 3, 80.0, 20.0)
 
 
+def test_iterative_prune_from_a_pool_never_admits_what_it_never_scored():
+    truth = np.arange(20.0)
+    pool = np.array([3, 5, 8, 13, 17])
+
+    def score_fn(active):
+        out = np.full(20, np.nan)
+        out[active] = truth[active]
+        return out
+
+    selected, last = iterative_prune(score_fn, 20, 2, 80.0, 20.0, start=pool)
+    assert set(selected) < set(pool) and 17 not in selected  # the pool's worst is dropped
+    assert np.all(np.isnan(np.delete(last, pool)))
+    with pytest.raises(DatamilError, match="starting pool is empty"):
+        iterative_prune(score_fn, 20, 2, 80.0, 20.0, start=np.array([], np.int64))
+
+
 def test_selection_file_round_trip(tmp_path):
     ids = ["a", "b", "c"]
     sel = Selection.from_arrays(

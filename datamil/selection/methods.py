@@ -21,7 +21,9 @@ from datamil.selection.aggregate import AGGREGATIONS
 from datamil.selection.strategies import check_budget, iterative_prune, threshold, top_k
 
 # The method presets are the only source of the defaults below (datamil/configs/method/<name>.yaml).
-_TOPK, _THRESHOLD, _ITERATIVE = (configured("method", name) for name in ("topk", "threshold", "iterative"))
+_TOPK, _THRESHOLD, _ITERATIVE, _REFINE = (
+    configured("method", name) for name in ("topk", "threshold", "iterative", "refine")
+)
 
 
 @dataclass
@@ -35,6 +37,8 @@ class SelectionConfig:
     rounds: int = _ITERATIVE["rounds"]  # iterative: re-estimation rounds
     drop_percentile: float = _ITERATIVE["drop_percentile"]  # iterative: drop active ones at/above this
     readmit_percentile: float = _ITERATIVE["readmit_percentile"]  # iterative: re-admit dropped at/below this
+    pool_method: str = _REFINE["pool_method"]  # refine: the retrieval method that ranks the starting pool
+    pool_share: float = _REFINE["pool_share"]  # refine: the pool's size, a fraction of the prior (> budget)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
 
     def __post_init__(self) -> None:
@@ -46,8 +50,10 @@ class SelectionConfig:
             )
         if self.method == "threshold" and not math.isfinite(self.cutoff):
             raise DatamilError(f"selection.cutoff={self.cutoff} must be a finite score, e.g. 0.0")
-        if self.method == "iterative":
+        if self.method in RESCORING_METHODS:
             self._check_iterative()
+        if self.method == "refine":
+            self._check_pool()
 
     def _check_iterative(self) -> None:
         if not (isinstance(self.rounds, numbers.Integral) and self.rounds >= 1):
@@ -57,6 +63,18 @@ class SelectionConfig:
             raise DatamilError(
                 f"selection.readmit_percentile={readmit} and drop_percentile={drop} need "
                 "0 <= readmit < drop <= 100 (e.g. 20 and 80): re-admit only the best, drop only the worst"
+            )
+
+    def _check_pool(self) -> None:
+        if self.pool_method in DATAMODEL_METHODS | UNRANKED_METHODS:
+            raise DatamilError(
+                f"selection.pool_method={self.pool_method!r} ranks nothing to refine; use a retrieval "
+                "method such as action_similarity"
+            )
+        if not (isinstance(self.pool_share, numbers.Real) and self.budget < self.pool_share <= 1.0):
+            raise DatamilError(
+                f"selection.pool_share={self.pool_share!r} must be in (budget={self.budget}, 1]: the pool "
+                "must hold more than the selection, e.g. pool_share=0.3 with budget=0.1"
             )
 
 
@@ -73,7 +91,9 @@ class SelectionRequest:
 
 MethodResult = tuple[np.ndarray, np.ndarray]  # (E,) trajectory scores, (k,) selected episode indices
 SELECTION_METHODS: Registry[Callable[[SelectionRequest], MethodResult]] = Registry("selection method")
-DATAMODEL_METHODS = frozenset({"topk", "threshold", "iterative"})  # the ones that run the estimator
+DATAMODEL_METHODS = frozenset({"topk", "threshold", "iterative", "refine"})  # the ones that run the estimator
+RESCORING_METHODS = frozenset({"iterative", "refine"})  # datamodel methods that re-estimate on subsets
+UNRANKED_METHODS = frozenset({"all_prior", "target_only"})  # baselines whose selection ignores the budget
 
 
 @SELECTION_METHODS.register("topk")
@@ -101,3 +121,26 @@ def select_iterative(request: SelectionRequest) -> MethodResult:
     active, last = iterative_prune(rescore, n, cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile)
     share_of_active = min(1.0, cfg.budget * n / len(active))  # the budget is a fraction of the whole prior
     return last, active[top_k(last[active], share_of_active)]
+
+
+@SELECTION_METHODS.register("refine")
+def select_refine(request: SelectionRequest) -> MethodResult:
+    """DataMIL inside a retrieval pool: iterative pruning that starts from the `pool_share` of the prior a
+    retrieval method ranks closest to the target, then keeps the budget's top-k survivors.
+
+    Why: the datamodel is a linear model around the proxy's training set. Scored around the whole prior it
+    ranks a 10% subset poorly (a subset is far from that point); scored around a pool already near the
+    final selection, it only has to tell which of the retrieved trajectories help and which hurt.
+    Trajectories outside the pool are never scored; they get the pool's worst score."""
+    cfg = request.cfg
+    n = request.data.prior.n_episodes
+    pool_cfg = SelectionConfig(method=cfg.pool_method, budget=cfg.pool_share, options=cfg.options)
+    _, pool = SELECTION_METHODS.get(cfg.pool_method)(
+        SelectionRequest(request.data, pool_cfg, request.seed, request.datamodel_scores)
+    )
+    active, last = iterative_prune(
+        request.datamodel_scores, n, cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile, start=pool
+    )
+    share_of_active = min(1.0, cfg.budget * n / len(active))
+    scores = np.where(np.isfinite(last), last, np.nanmax(last))
+    return scores, active[top_k(scores[active], share_of_active)]

@@ -2,7 +2,8 @@
 
 top_k keeps the most helpful `budget` fraction; threshold keeps everything predicted to help (score below
 a cutoff); iterative_prune re-estimates on the shrinking pool, dropping the worst and re-admitting
-trajectories that look good again (DataMIL's iterative variant).
+trajectories that look good again (DataMIL's iterative variant), from the whole prior or from a given
+starting pool (the `refine` method starts from a retrieval pool).
 """
 
 from __future__ import annotations
@@ -47,18 +48,25 @@ def iterative_prune(
     rounds: int,
     drop_percentile: float,
     readmit_percentile: float,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(selected indices, last known score of every episode).
+    """(selected indices, last known score of every episode; NaN for those never scored).
 
     No defaults here: they live in datamil/configs/method/iterative.yaml, through SelectionConfig.
 
     Each round re-estimates on the active pool, drops active episodes at/above the `drop_percentile`-th
     percentile of the active scores and re-admits dropped ones whose (latest known) score is at/below the
-    `readmit_percentile`-th percentile of the active scores.
+    `readmit_percentile`-th percentile of the active scores. `start` (indices) is the first active pool
+    (None: every episode); an episode outside it is never scored, so it is never admitted.
     """
     if not 0 <= readmit_percentile <= drop_percentile <= 100:
         raise DatamilError("need 0 <= readmit_percentile <= drop_percentile <= 100")
     active = np.ones(n_episodes, bool)
+    if start is not None:
+        if len(start) == 0:
+            raise DatamilError("iterative_prune's starting pool is empty; start from at least one episode")
+        active[:] = False
+        active[np.asarray(start)] = True
     last = np.full(n_episodes, np.nan)
     for _ in range(rounds):
         idx = np.flatnonzero(active)

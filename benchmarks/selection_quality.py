@@ -402,25 +402,6 @@ def run_all(
 
 
 # ------------------------------------------------------------------------------------ outputs
-def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
-    """Grouped bars: success per task and overall, one bar per method, 95% intervals as error bars."""
-    from datamil.report import pyplot, save_figure
-
-    tasks = sorted({r["task"] for r in rows})
-    groups = [*tasks, None]
-    width = 0.8 / len(methods)
-    fig, ax = pyplot().subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.6))
-    for j, m in enumerate(methods):
-        stats = np.array([tables.cell(rows, m, g) for g in groups])
-        x = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
-        err = np.abs(stats[:, 1:] - stats[:, :1]).T
-        ax.bar(x, 100 * stats[:, 0], width, yerr=100 * err, label=m, capsize=2)
-    ax.set_xticks(np.arange(len(groups)), [g.split("/")[-1] if g else "mean" for g in groups])
-    ax.set(ylabel="success (%)", ylim=(0, 105))
-    ax.legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return save_figure(fig, path)
-
-
 def composition_rows(rows: list[dict]) -> list[dict]:
     """composition.csv: one row per (task, method, seed, source task) of a run's selection."""
     out = []
@@ -435,7 +416,7 @@ def write_outputs(rows: list[dict], out: Path, methods: list[str]) -> Path:
     """runs.csv, composition.csv, success.png and results.md (every table) into `out`."""
     tables.write_csv(rows, out / "runs.csv")
     tables.write_csv(composition_rows(rows), out / "composition.csv", COMPOSITION_FIELDS)
-    plot_success(rows, methods, out / "success.png")
+    tables.plot_success(rows, methods, out / "success.png")
     return atomic_write_text(out / "results.md", tables.results_markdown(rows))
 
 

@@ -3,7 +3,7 @@
     python benchmarks/tables.py                         # every CSV under benchmarks/results/
     python benchmarks/tables.py path/to/runs.csv ...    # or these
 
-Writes results.md next to each runs.csv (and pilot.md next to each pilot.csv) and prints them. The
+Writes results.md and success.png next to each runs.csv (and pilot.md next to each pilot.csv) and prints the tables. The
 benchmark (selection_quality.py) writes its results.md with the same functions, so a committed CSV
 regenerates exactly the tables it produced.
 
@@ -411,9 +411,34 @@ def plain_markdown(path: Path) -> str:
 OWN_LAYOUT = {"cross_embodiment.csv": "cross_embodiment"}
 
 
+def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
+    """Grouped bars: success per task and overall, one bar per method, 95% intervals as error bars.
+
+    Up to 20 methods get 20 distinct colours (the default cycle repeats after 10, which made two methods
+    look alike), and size-matched runs are hatched."""
+    from datamil.report import pyplot, save_figure  # matplotlib only when a figure is drawn
+
+    plt = pyplot()
+    tasks = sorted({r["task"] for r in rows})
+    groups = [*tasks, None]
+    width = 0.8 / len(methods)
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups)), 3.6))
+    for j, m in enumerate(methods):
+        stats = np.array([cell(rows, m, g) for g in groups])
+        x = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
+        err = np.abs(stats[:, 1:] - stats[:, :1]).T
+        ax.bar(x, 100 * stats[:, 0], width, yerr=100 * err, label=m, capsize=2,
+               color=colors(j % colors.N), hatch="//" if "@" in m else None)  # fmt: skip
+    ax.set_xticks(np.arange(len(groups)), [g.split("/")[-1] if g else "mean" for g in groups])
+    ax.set(ylabel="success (%)", ylim=(0, 105))
+    ax.legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, path)
+
+
 def regenerate(csv_path: Path) -> Path:
-    """Write results.md (runs.csv, or a CSV of OWN_LAYOUT), pilot.md (pilot.csv) or <name>.md (any other
-    CSV) next to the CSV."""
+    """Write results.md and success.png (runs.csv), results.md (a CSV of OWN_LAYOUT), pilot.md (pilot.csv)
+    or <name>.md (any other CSV) next to the CSV."""
     if csv_path.name in OWN_LAYOUT:
         return load_script(Path(__file__).with_name(f"{OWN_LAYOUT[csv_path.name]}.py")).write_results_md(
             csv_path
@@ -423,6 +448,7 @@ def regenerate(csv_path: Path) -> Path:
     rows = read_rows(csv_path)
     if csv_path.name == "pilot.csv":
         return atomic_write_text(csv_path.with_name("pilot.md"), pilot_markdown(rows))
+    plot_success(rows, list(dict.fromkeys(r["method"] for r in rows)), csv_path.with_name("success.png"))
     return atomic_write_text(csv_path.with_name("results.md"), results_markdown(rows))
 
 

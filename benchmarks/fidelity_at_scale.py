@@ -9,6 +9,10 @@ against a truth averaged over k training seeds, next to that truth's own noise c
     python benchmarks/fidelity_at_scale.py memory                # peak memory of one metagradient
     python benchmarks/tables.py                                  # the tables, from the committed CSVs only
 
+`--pool action_similarity:0.2` measures around a retrieval pool instead (what `method=refine` scores): the
+prior becomes the 20% of it that action_similarity ranks closest to the target, and alpha is a share of
+that pool (alpha 0.5 of a 20% pool = 10% of the prior, the selection's size). Pass its own --out.
+
 Defaults: target metaworld/pick-place-wall (a development task), the shipped proxy (400 x 256, prior +
 target-train), subsets of alpha = 0.5 and 0.1 of the prior trajectories. The truth trains the way
 co-training draws its batches (uniform over steps); the estimators may train their proxy differently
@@ -42,6 +46,7 @@ from datamil.datamodels.lds import (
     truth_seeds,
 )
 from datamil.datamodels.proxy import random_masks
+from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz, atomic_write_text
 from datamil.policies.mlp import MLPPolicy
 
@@ -61,6 +66,29 @@ def load_task(task: str, data: str):
     return instantiate(cfg.data).load(task)
 
 
+def task_data(args: argparse.Namespace):
+    """The task's data, its prior cut to `--pool` (METHOD:SHARE) when given: the SHARE of the prior trajectories
+    that the retrieval METHOD ranks closest to the target, as `method=refine` builds its pool."""
+    data = load_task(args.task, args.data)
+    if not args.pool:
+        return data
+    from datamil.data.sources import TaskData
+    from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest
+
+    method, _, share = args.pool.partition(":")
+    if not share.replace(".", "", 1).isdigit():
+        raise DatamilError(f"--pool {args.pool!r}: give METHOD:SHARE, e.g. --pool action_similarity:0.2")
+    request = SelectionRequest(data, SelectionConfig(method=method, budget=float(share)), args.seed, None)
+    _, pool = SELECTION_METHODS.get(method)(request)
+    return TaskData(data.task, data.prior.subset(pool), data.target_train, data.target_val)
+
+
+def work_dir(args: argparse.Namespace) -> Path:
+    """Cache of truths and scores of this task (and pool): a pool never reads the whole prior's cache."""
+    pool = f"__pool-{args.pool.replace(':', '-')}" if args.pool else ""
+    return Path(args.work) / f"{args.task.replace('/', '__')}{pool}"
+
+
 def proxy_policy(prior) -> MLPPolicy:
     """The shipped proxy policy (datamil/configs/policy/bc_mlp.yaml defaults: GELU 256 x 256)."""
     return MLPPolicy(
@@ -75,7 +103,7 @@ def truth_config(args: argparse.Namespace) -> ProxyConfig:
 
 def cached_truths(args, data, policy, masks: np.ndarray, alpha: float, seeds: list[int]) -> np.ndarray:
     """(k, M) truths, one cached file per (alpha, seed): a killed run resumes at the next seed."""
-    work = Path(args.work) / f"{args.task.replace('/', '__')}" / f"truth-{args.steps}x{args.batch_size}"
+    work = work_dir(args) / f"truth-{args.steps}x{args.batch_size}"
     out = []
     for seed in tqdm(seeds, desc=f"truth seeds, alpha={alpha}"):
         path = work / f"alpha{alpha}-m{len(masks)}-seed{seed}.npz"
@@ -110,7 +138,7 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 def run_ceiling(args: argparse.Namespace) -> None:
     """One-seed agreement of the truth, and its k-seed reliability, at each alpha."""
-    data = load_task(args.task, args.data)
+    data = task_data(args)
     policy = proxy_policy(data.prior)
     rows = []
     for alpha in args.alphas:
@@ -169,8 +197,7 @@ def cached_scores(
     """(scores, wall s) of one estimator call, cached per (label, seed)."""
     name, kwargs, overrides = call
     path = (
-        Path(args.work)
-        / args.task.replace("/", "__")
+        work_dir(args)
         / "scores"
         / f"{label.replace('/', '__')}-{args.steps}x{args.batch_size}-seed{seed}.npz"
     )
@@ -189,7 +216,7 @@ def cached_scores(
 
 def run_lds(args: argparse.Namespace) -> None:
     """Every estimator's LDS against the k-seed mean truth at each alpha, with cost ÷ one proxy run."""
-    data = load_task(args.task, args.data)
+    data = task_data(args)
     policy = proxy_policy(data.prior)
     calls = estimator_calls(args)
     scores, walls = {}, {}
@@ -223,7 +250,7 @@ def run_lds(args: argparse.Namespace) -> None:
 def run_cost(args: argparse.Namespace) -> None:
     """Each estimator's wall time over one proxy training run timed right before it, in one process, after
     a short warm-up of both: ratios that hold on a busy machine, unlike walls from different runs."""
-    data = load_task(args.task, args.data)
+    data = task_data(args)
     policy = proxy_policy(data.prior)
     rows = []
     for label, (name, kwargs, overrides) in estimator_calls(args).items():
@@ -266,7 +293,7 @@ def run_memory(args: argparse.Namespace) -> None:
     import sys
 
     if args.checkpoint_every is not None:  # the child: load, build the pool, score, report
-        data = load_task(args.task, args.data)
+        data = task_data(args)
         policy = proxy_policy(data.prior)
         proxy = replace(truth_config(args), sampling="auto")
         loaded = peak_rss_mib()
@@ -309,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=["ceiling", "lds", "cost", "memory"])
     parser.add_argument("--task", default="metaworld/pick-place-wall")
     parser.add_argument("--data", default="metaworld_full")
+    parser.add_argument(
+        "--pool", default=None, help="METHOD:SHARE, e.g. action_similarity:0.2: measure in that pool"
+    )
     parser.add_argument("--steps", type=int, default=400, help="proxy (and truth) training steps")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--n-models", type=int, default=40, help="held-out subsets per alpha")
@@ -344,4 +374,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from datamil.cli import one_line_errors
+
+    one_line_errors(main)(None)

@@ -70,7 +70,9 @@ def request(data: TaskData, method: str, budget: float = 0.25, seed: int = 0, **
 @pytest.mark.parametrize("name", SELECTION_METHODS.names())
 def test_every_method_writes_a_valid_selection(name, tiny_task_data, tmp_path):
     data = tiny_task_data
-    cfg = SelectionConfig(method=name, budget=0.25, cutoff=1e9, rounds=2, options=CHEAP.get(name, {}))
+    cfg = SelectionConfig(
+        method=name, budget=0.25, cutoff=1e9, rounds=2, pool_share=0.5, options=CHEAP.get(name, {})
+    )
     policy = functools.partial(MLPPolicy, hidden=(16,))
     selection = run_selection(data, policy, cheap_estimator(), "metagrad", cfg, [0], tmp_path, {})
     again = read_selection(tmp_path / "selection.json")
@@ -120,7 +122,8 @@ def test_refine_keeps_the_best_scored_of_the_retrieval_pool(tiny_task_data):
     k = max(1, round(0.25 * n))
     assert len(chosen) == k and set(chosen) <= set(pool)
     np.testing.assert_array_equal(np.sort(chosen), np.sort(pool[np.argsort(planted[pool])[:k]]))
-    assert np.all(np.isfinite(scores)) and scores.max() == planted[pool].max()  # the unscored: the pool's worst
+    # the unscored get the pool's worst score
+    assert np.all(np.isfinite(scores)) and scores.max() == planted[pool].max()
 
 
 @pytest.mark.sim

@@ -69,17 +69,20 @@ def load_task(task: str, data: str):
 def task_data(args: argparse.Namespace):
     """The task's data, its prior cut to `--pool` (METHOD:SHARE) when given: the SHARE of the prior trajectories
     that the retrieval METHOD ranks closest to the target, as `method=refine` builds its pool."""
-    data = load_task(args.task, args.data)
     if not args.pool:
-        return data
+        return load_task(args.task, args.data)
     from datamil.data.sources import TaskData
-    from datamil.selection import SELECTION_METHODS, SelectionConfig, SelectionRequest
+    from datamil.selection.methods import retrieval_pool
 
     method, _, share = args.pool.partition(":")
-    if not share.replace(".", "", 1).isdigit():
-        raise DatamilError(f"--pool {args.pool!r}: give METHOD:SHARE, e.g. --pool action_similarity:0.2")
-    request = SelectionRequest(data, SelectionConfig(method=method, budget=float(share)), args.seed, None)
-    _, pool = SELECTION_METHODS.get(method)(request)
+    try:
+        share = float(share)
+    except ValueError:
+        raise DatamilError(
+            f"--pool {args.pool!r}: give METHOD:SHARE, e.g. --pool action_similarity:0.2"
+        ) from None
+    data = load_task(args.task, args.data)
+    pool = retrieval_pool(data, method, share, args.seed)
     return TaskData(data.task, data.prior.subset(pool), data.target_train, data.target_val)
 
 

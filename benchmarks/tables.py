@@ -3,9 +3,9 @@
     python benchmarks/tables.py                         # every CSV under benchmarks/results/
     python benchmarks/tables.py path/to/runs.csv ...    # or these
 
-Writes results.md and success.png next to each runs.csv (and pilot.md next to each pilot.csv) and prints the tables. The
-benchmark (selection_quality.py) writes its results.md with the same functions, so a committed CSV
-regenerates exactly the tables it produced.
+Writes results.md and success.png next to each runs.csv (and pilot.md next to each pilot.csv) and prints
+the tables. The benchmark (selection_quality.py) writes its results.md with the same functions, so a
+committed CSV regenerates exactly the tables it produced.
 
 Method names (the benchmark's `methods` list) are specs:
 - `<estimator>` (e.g. `metagrad`): DataMIL, that estimator's scores, top-k at the budget;

@@ -66,11 +66,7 @@ class SelectionConfig:
             )
 
     def _check_pool(self) -> None:
-        if self.pool_method in DATAMODEL_METHODS | UNRANKED_METHODS:
-            raise DatamilError(
-                f"selection.pool_method={self.pool_method!r} ranks nothing to refine; use a retrieval "
-                "method such as action_similarity"
-            )
+        check_pool_method(self.pool_method)
         if not (isinstance(self.pool_share, numbers.Real) and self.budget < self.pool_share <= 1.0):
             raise DatamilError(
                 f"selection.pool_share={self.pool_share!r} must be in (budget={self.budget}, 1]: the pool "
@@ -96,6 +92,38 @@ RESCORING_METHODS = frozenset({"iterative", "refine"})  # datamodel methods that
 UNRANKED_METHODS = frozenset({"all_prior", "target_only"})  # baselines whose selection ignores the budget
 
 
+def check_pool_method(name: str) -> None:
+    """A pool comes from a method that ranks the prior by the target: not a datamodel method (a pool is
+    what the datamodel is scored around) and not one that ignores the budget."""
+    if name in DATAMODEL_METHODS | UNRANKED_METHODS:
+        raise DatamilError(
+            f"selection.pool_method={name!r} ranks nothing to refine; use a retrieval method such as "
+            "action_similarity"
+        )
+
+
+def retrieval_pool(
+    data: Any, method: str, share: float, seed: int, options: dict | None = None
+) -> np.ndarray:
+    """(k,) indices of the `share` of the prior trajectories that retrieval `method` ranks closest to the
+    target: refine's starting pool, and the pool benchmarks/fidelity_at_scale.py --pool measures in."""
+    check_pool_method(method)
+    cfg = SelectionConfig(method=method, budget=share, options=dict(options or {}))
+    _, pool = SELECTION_METHODS.get(method)(SelectionRequest(data, cfg, seed, _no_datamodel))
+    return pool
+
+
+def _no_datamodel(active: np.ndarray | None) -> np.ndarray:
+    raise DatamilError("a retrieval pool is ranked without datamodel scores")
+
+
+def keep_budget(scores: np.ndarray, active: np.ndarray, budget: float, n_episodes: int) -> np.ndarray:
+    """The budget's top-k of the `active` episodes that survived pruning; the budget is a fraction of the
+    whole prior, so a pool smaller than it is kept whole."""
+    share_of_active = min(1.0, budget * n_episodes / len(active))
+    return active[top_k(scores[active], share_of_active)]
+
+
 @SELECTION_METHODS.register("topk")
 def select_top_k(request: SelectionRequest) -> MethodResult:
     scores = request.datamodel_scores(None)
@@ -119,8 +147,7 @@ def select_iterative(request: SelectionRequest) -> MethodResult:
         return first if len(active) == n else request.datamodel_scores(active)
 
     active, last = iterative_prune(rescore, n, cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile)
-    share_of_active = min(1.0, cfg.budget * n / len(active))  # the budget is a fraction of the whole prior
-    return last, active[top_k(last[active], share_of_active)]
+    return last, keep_budget(last, active, cfg.budget, n)
 
 
 @SELECTION_METHODS.register("refine")
@@ -134,13 +161,9 @@ def select_refine(request: SelectionRequest) -> MethodResult:
     Trajectories outside the pool are never scored; they get the pool's worst score."""
     cfg = request.cfg
     n = request.data.prior.n_episodes
-    pool_cfg = SelectionConfig(method=cfg.pool_method, budget=cfg.pool_share, options=cfg.options)
-    _, pool = SELECTION_METHODS.get(cfg.pool_method)(
-        SelectionRequest(request.data, pool_cfg, request.seed, request.datamodel_scores)
-    )
+    pool = retrieval_pool(request.data, cfg.pool_method, cfg.pool_share, request.seed, cfg.options)
     active, last = iterative_prune(
         request.datamodel_scores, n, cfg.rounds, cfg.drop_percentile, cfg.readmit_percentile, start=pool
     )
-    share_of_active = min(1.0, cfg.budget * n / len(active))
     scores = np.where(np.isfinite(last), last, np.nanmax(last))
-    return scores, active[top_k(scores[active], share_of_active)]
+    return scores, keep_budget(scores, active, cfg.budget, n)

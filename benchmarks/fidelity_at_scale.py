@@ -45,7 +45,7 @@ from datamil.datamodels.lds import (
     true_surrogates,
     truth_seeds,
 )
-from datamil.datamodels.proxy import random_masks
+from datamil.datamodels.proxy import fit_to_pool, random_masks
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz, atomic_write_text
 from datamil.policies.mlp import MLPPolicy
@@ -164,6 +164,7 @@ VARIANTS = {  # how an estimator's own proxy run draws its batches (the truth al
     "uniform": {"sampling": "uniform"},
     "epoch": {"sampling": "epoch"},
     "trajectory": {"sampling": "trajectory"},
+    "cover": {"sampling": "cover"},  # epoch permutations, the batch raised to cover the pool ("auto" here)
 }
 
 
@@ -172,6 +173,12 @@ def estimator_calls(args: argparse.Namespace) -> dict[str, tuple[str, dict, dict
     calls = {}
     for variant in args.variants:
         calls[f"metagrad/{variant}"] = ("metagrad", {"include_target_train": True}, VARIANTS[variant])
+        for batch in args.estimator_batch_sizes:  # a larger proxy batch: less batch-order noise, more compute
+            calls[f"metagrad/{variant}-b{batch}"] = (
+                "metagrad",
+                {"include_target_train": True},
+                VARIANTS[variant] | {"batch_size": batch},
+            )
         for k in args.expectation_points:  # the expectation over batch orders, K injection points
             kwargs = {
                 "include_target_train": True,
@@ -255,9 +262,13 @@ def run_cost(args: argparse.Namespace) -> None:
     a short warm-up of both: ratios that hold on a busy machine, unlike walls from different runs."""
     data = task_data(args)
     policy = proxy_policy(data.prior)
+    pool_size = data.prior.n_steps + data.target_train.n_steps  # what the estimators train on
+    shipped = proxy_training_seconds(
+        policy, data.prior, data.target_val, truth_config(args), args.seed, repeats=1
+    )
     rows = []
     for label, (name, kwargs, overrides) in estimator_calls(args).items():
-        proxy = replace(truth_config(args), **overrides)
+        proxy = fit_to_pool(replace(truth_config(args), **overrides), pool_size)  # the run it differentiates
         estimator = ESTIMATORS.get(name)
 
         def run(p: ProxyConfig, estimator=estimator, kwargs=kwargs) -> None:
@@ -276,8 +287,9 @@ def run_cost(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         run(proxy)
         wall = time.perf_counter() - start
-        rows.append({"task": args.task, "estimator": label, "k": "", "alpha": "", "proxy_run_s": round(base, 2),
-                     "wall_s": round(wall, 1), "cost_x_proxy": round(wall / base, 2)})  # fmt: skip
+        rows.append({"task": args.task, "estimator": label, "k": "", "alpha": "", "proxy_batch": proxy.batch_size,
+                     "proxy_run_s": round(base, 2), "wall_s": round(wall, 1), "cost_x_proxy": round(wall / base, 2),
+                     "cost_x_shipped_proxy": round(wall / shipped, 2)})  # fmt: skip
         print(rows[-1])
         write_rows(Path(args.out) / "cost.csv", rows[-1:])  # row by row: a long estimator may be cut off
 
@@ -298,36 +310,29 @@ def run_memory(args: argparse.Namespace) -> None:
     if args.checkpoint_every is not None:  # the child: load, build the pool, score, report
         data = task_data(args)
         policy = proxy_policy(data.prior)
-        proxy = replace(truth_config(args), sampling="auto")
+        proxy = replace(truth_config(args), sampling=args.proxy_sampling)
         loaded = peak_rss_mib()
         start = time.perf_counter()
+        info = {}
         if args.checkpoint_every > 0:
-            ESTIMATORS.get("metagrad")(
+            info = ESTIMATORS.get("metagrad")(
                 policy, data.prior, data.target_val, args.seed, proxy=proxy, checkpoint_every=args.checkpoint_every,
                 include_target_train=True, target_train_store=data.target_train,
-            )  # fmt: skip
-        print(
-            json.dumps(
-                {
-                    "loaded_mib": round(loaded),
-                    "peak_mib": round(peak_rss_mib()),
-                    "wall_s": round(time.perf_counter() - start, 1),
-                }
-            )
-        )
+            ).info  # fmt: skip
+        what = "data loaded (no estimator)"
+        if info:  # the batch and segments the run used: "auto" may raise the one and shorten the other
+            what = f"metagrad/{args.proxy_sampling} (batch {info['batch_size']}, {info['sampling']}, segments of {info['checkpoint_every']} steps)"
+        print(json.dumps({"estimator": what, "loaded_mib": round(loaded), "peak_mib": round(peak_rss_mib()),
+                          "wall_s": round(time.perf_counter() - start, 1)}))  # fmt: skip
         return
     rows = []
     for every in [0, *args.segments]:
         out = subprocess.run(
             [sys.executable, __file__, "memory", "--checkpoint-every", str(every), "--task", args.task, "--data", args.data,
-             "--steps", str(args.steps), "--batch-size", str(args.batch_size)],
+             "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--proxy-sampling", args.proxy_sampling],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        what = "data loaded (no estimator)" if every == 0 else f"metagrad (segments of {every} steps)"
-        rows.append(
-            {"task": args.task, "estimator": what, "steps": args.steps, "k": "", "alpha": ""}
-            | json.loads(out)
-        )
+        rows.append({"task": args.task, "steps": args.steps, "k": "", "alpha": ""} | json.loads(out))
         print(rows[-1])
     write_rows(Path(args.out) / "memory.csv", rows)
 
@@ -352,6 +357,10 @@ def main(argv: list[str] | None = None) -> None:
         "--proxy-seeds", type=int, default=1, help="average estimator scores over this many seeds"
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--estimator-batch-sizes", type=int, nargs="*", default=[],
+        help="also score metagrad with its proxy at these batch sizes (the truth keeps --batch-size)",
+    )  # fmt: skip
     parser.add_argument("--others", nargs="*", default=["truncated", "influence", "regression", "trak"])
     parser.add_argument("--others-variant", default="uniform", choices=list(VARIANTS))
     parser.add_argument("--regression-models", type=int, default=4, help="regression proxies (equal compute)")
@@ -367,6 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--segments", type=int, nargs="+", default=[500, 100], help="memory: checkpoint_every values"
+    )
+    parser.add_argument(
+        "--proxy-sampling", default="auto", choices=["auto", *VARIANTS], help="memory: the proxy's sampling"
     )
     parser.add_argument("--checkpoint-every", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

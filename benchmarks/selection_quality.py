@@ -75,6 +75,7 @@ MethodSpec, parse_method = tables.MethodSpec, tables.parse_method
 COMPOSITION_FIELDS = ("task", "method", "seed", "source_task", "n_selected", "n_success")
 RUN_INDEPENDENT = ("tasks", "methods", "seeds", "output_dir", "threads", "dev_tasks", "test_tasks")
 RUN_INDEPENDENT += ("test_candidates", "pilot", "primary", "resume_from")  # keys that never change a run
+RUN_INDEPENDENT += ("rerun",)  # which committed runs are taken over, not how any run is made
 RUN_INDEPENDENT += ("estimators",)  # more estimators add runs; each score store checks its own settings
 
 
@@ -190,7 +191,11 @@ def make_plan(cfg: DictConfig) -> Plan:
         eval=dict(plain["eval"]),
         out=Path(cfg.output_dir),
         config=plain,
-        committed=committed_rows(cfg.get("resume_from")),
+        committed={
+            key: row
+            for key, row in committed_rows(cfg.get("resume_from")).items()
+            if key[1] not in (cfg.get("rerun") or ())  # a method whose preset changed runs afresh
+        },
     )
 
 

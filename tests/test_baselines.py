@@ -448,3 +448,17 @@ def test_committed_runs_resume_a_fresh_checkout(bench, tmp_path):
     assert back["success_rate"] == 0.5 and back["n_selected"] == 3 and "size_from" not in back
     assert back["composition"] == {"metaworld/push": [3, 2]}
     assert bench.committed_rows(str(tmp_path / "missing.csv")) == {} and bench.committed_rows(None) == {}
+
+
+def test_rerun_leaves_a_methods_committed_runs_behind(bench, tmp_path):
+    """`rerun=[m]`: after m's preset changed, its committed runs are run afresh; the others are taken over."""
+    row = {"task": "metaworld/reach", "seed": 0, "success_rate": 0.5, "n_episodes": 50, "surrogate_loss": 0.1,
+           "n_prior": 12, "n_selected": 3}  # fmt: skip
+    bench.tables.write_csv(
+        [row | {"method": "random"}, row | {"method": "target_only"}], tmp_path / "runs.csv"
+    )
+    overrides = [f"+resume_from={tmp_path / 'runs.csv'}", f"output_dir={tmp_path / 'out'}"]
+    both = bench.make_plan(bench.load_config("tiny", overrides)).committed
+    assert {method for _, method, _ in both} == {"random", "target_only"}
+    kept = bench.make_plan(bench.load_config("tiny", [*overrides, "rerun=[random]"])).committed
+    assert {method for _, method, _ in kept} == {"target_only"}

@@ -306,8 +306,13 @@ def test_metagrad_warns_when_the_proxy_run_cannot_draw_every_sample(stores, capl
     assert np.count_nonzero(scores) <= 8  # only drawn samples can move the surrogate
     caplog.clear()
     with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
-        auto = proxy(steps=2, batch=4)  # auto: trajectory rounds
-        scores = run(TinyGelu(), train, val, 0, proxy=auto, include_target_train=False).scores
+        auto = proxy(steps=2, batch=4)  # auto: the batch raised to 10, one permutation of the 20 rows
+        result = run(TinyGelu(), train, val, 0, proxy=auto, include_target_train=False)
+    assert caplog.text == ""
+    assert np.count_nonzero(result.scores) == train.n_steps  # every sample was drawn, so every one scores
+    trajectory = replace(auto, sampling="trajectory")  # rounds of one step per trajectory
+    with caplog.at_level("WARNING", logger="datamil.datamodels.metagrad"):
+        scores = run(TinyGelu(), train, val, 0, proxy=trajectory, include_target_train=False).scores
     assert caplog.text == ""
     per_episode = np.bincount(train.episode_of_step, weights=np.abs(scores), minlength=train.n_episodes)
     assert np.all(per_episode > 0)  # every trajectory was drawn, so every trajectory has a score

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from datamil.datamodels.lds import noise_ceiling, seeds_for_reliability, truth_seeds
-from datamil.datamodels.proxy import BatchOrder, ProxyConfig, resolve_sampling
+from datamil.datamodels.proxy import BatchOrder, ProxyConfig, fit_to_pool, resolve_sampling
 from datamil.errors import DatamilError
 from datamil.training import batch_indices
 
@@ -48,10 +50,18 @@ def test_uniform_order_is_unchanged_from_plain_uniform_draws() -> None:
     assert np.array_equal(order(5).numpy(), batch_indices(2, 5, 32, 8))
 
 
-def test_auto_covers_the_pool_by_trajectories_only_when_uniform_draws_cannot() -> None:
+def test_auto_covers_the_pool_with_a_larger_batch_only_when_uniform_draws_cannot() -> None:
     cfg = ProxyConfig(batch_size=256).with_steps(400)
     assert resolve_sampling(cfg, 20_000) == "uniform"  # the embedded default: ~5 draws per row
-    assert resolve_sampling(cfg, 1_000_000) == "trajectory"  # the full prior: 0.1 draws per row
+    assert fit_to_pool(cfg, 20_000) == replace(cfg, sampling="uniform")  # its batch stays
+    assert resolve_sampling(cfg, 1_000_000) == "epoch"  # the full prior: 0.1 draws per row
+    full = fit_to_pool(cfg, 1_006_036)  # the full prior + target-train
+    assert (full.sampling, full.batch_size, full.steps) == ("epoch", 2516, 400)
+    assert full.steps * full.batch_size >= 1_006_036 > full.steps * (full.batch_size - 1)
+    covered = fit_to_pool(replace(cfg, sampling="cover"), 20_000)  # "cover" walks permutations even there
+    assert (covered.sampling, covered.batch_size) == ("epoch", 256)
+    for explicit in ("uniform", "epoch", "trajectory"):  # what is named is what runs, at the named batch
+        assert fit_to_pool(replace(cfg, sampling=explicit), 1_000_000) == replace(cfg, sampling=explicit)
     with pytest.raises(DatamilError, match="sampling"):
         ProxyConfig(sampling="stratified")
     with pytest.raises(DatamilError, match="target_share"):

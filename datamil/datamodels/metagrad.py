@@ -49,6 +49,7 @@ from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
     batch_split,
+    fit_to_pool,
     initial_state,
     run_steps,
     step_fn,
@@ -222,8 +223,9 @@ def warn_if_sparse(cfg: ProxyConfig, pool: TrainPool) -> None:
     """Warn when the proxy run cannot draw every sample (or, in trajectory rounds, every trajectory).
 
     dS/dw_i is exactly 0 for a sample the run never draws. With uniform draws on the 8,250-trajectory
-    prior a 400 x 256 run draws 0.1 samples per pool row and scores 90% of the steps exactly 0; trajectory
-    rounds (sampling "auto" picks them there) draw every trajectory about 12 times instead.
+    prior a 400 x 256 run draws 0.1 samples per pool row and scores 90% of the steps exactly 0; sampling
+    "auto" raises the batch there until one epoch permutation covers every row (`fit_to_pool`), so only
+    an explicit sampling or batch can trigger this.
     """
     split = batch_split(pool, cfg, np.arange(pool.size))
     draws, sampling = cfg.steps * split.batch_size, split.sampling
@@ -311,7 +313,9 @@ def run_metagrad(
     """Exact metagradient scores of every prior step (negative = helpful), or with `expectation_points` > 0
     their expectation over batch orders; see the module docstring."""
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg = proxy
+    cfg = fit_to_pool(proxy, pool.size)
+    # a batch raised to cover the pool records as many rows per segment as the configured one did
+    checkpoint_every = max(1, checkpoint_every * proxy.batch_size // cfg.batch_size)
     if not expectation_points:  # the expectation injects every trajectory whatever the run draws
         warn_if_sparse(cfg, pool)
     result = metagradient(
@@ -326,6 +330,11 @@ def run_metagrad(
         steps_per_trajectory,
     )
     result.scores = check_scores(result.scores, train_store.n_steps, "metagrad")
+    result.info |= {
+        "batch_size": cfg.batch_size,
+        "sampling": cfg.sampling,
+        "checkpoint_every": checkpoint_every,
+    }
     return result
 
 

@@ -51,7 +51,7 @@ def smooth_optim() -> OptimConfig:
     return OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=400, min_lr_ratio=1.0, grad_clip=None)
 
 
-SAMPLINGS = ("uniform", "epoch", "trajectory", "auto")
+SAMPLINGS = ("uniform", "epoch", "trajectory", "cover", "auto")
 
 
 @dataclass
@@ -60,7 +60,8 @@ class ProxyConfig:
 
     sampling: how each step's batch is drawn from the pool (see `BatchOrder`): "uniform" (with
     replacement), "epoch" (a fresh permutation of the rows each epoch), "trajectory" (rounds that visit
-    every trajectory once, one random step of each), or "auto" (`resolve_sampling`).
+    every trajectory once, one random step of each), "cover" (epoch permutations, with the batch raised
+    until the run draws every row: `fit_to_pool`), or "auto" (`resolve_sampling`).
     target_share: the fraction of each batch drawn uniformly from the pool's target-train rows (when it
     holds them), as co-training's target:prior mixture does; the rest follows `sampling` over the prior.
     0 keeps target-train among the pool's rows at its natural share.
@@ -88,17 +89,41 @@ class ProxyConfig:
         return replace(self, optim=replace(self.optim, total_steps=steps))
 
 
-def resolve_sampling(cfg: ProxyConfig, pool_size: int) -> str:
-    """The sampling scheme "auto" stands for, chosen from the pool size.
+def covers(cfg: ProxyConfig, pool_size: int) -> bool:
+    """Whether the run draws at least as many samples as the pool holds."""
+    return cfg.steps * cfg.batch_size >= pool_size
 
-    A run that draws at least as many samples as the pool holds keeps uniform draws (the embedded
-    default, where every row is drawn several times). A shorter run, as on the full-size prior, visits
-    every trajectory in rounds instead: uniform draws would leave most rows undrawn, and a sample the
-    run never draws has a metagradient of exactly 0 (README, "Fidelity at full size").
+
+def resolve_sampling(cfg: ProxyConfig, pool_size: int) -> str:
+    """The batch order "auto" and "cover" stand for, chosen from the pool size.
+
+    A run that draws at least as many samples as the pool holds keeps uniform draws under "auto" (the
+    embedded default, where every row is drawn several times). Otherwise, and always under "cover", the
+    run walks epoch permutations: uniform draws would leave most rows undrawn, and a sample the run never
+    draws has a metagradient of exactly 0 (README, "Fidelity at full size"). `fit_to_pool` also raises
+    the batch so that the permutation covers every row.
     """
-    if cfg.sampling != "auto":
-        return cfg.sampling
-    return "uniform" if cfg.steps * cfg.batch_size >= pool_size else "trajectory"
+    if cfg.sampling in ("auto", "cover"):
+        return "uniform" if cfg.sampling == "auto" and covers(cfg, pool_size) else "epoch"
+    return cfg.sampling
+
+
+def fit_to_pool(cfg: ProxyConfig, pool_size: int) -> ProxyConfig:
+    """`cfg` with "auto"/"cover" made concrete for a pool of `pool_size` rows.
+
+    A run too short to draw every row ("cover", or "auto" on a large pool such as the full 8,250-trajectory
+    prior) keeps its steps and raises its batch to ceil(pool_size / steps), one epoch permutation of the
+    pool. A larger batch averages more of the pool into every step, so the one batch order the metagradient
+    differentiates stands closer to the expectation over batch orders that co-training's own draws sample;
+    at full size this lifted LDS from 0.52 to 0.86 at alpha = 0.5 (README, "Fidelity at full size").
+    Explicit "uniform", "epoch" or "trajectory" are returned unchanged, so they stay comparable.
+    """
+    if cfg.sampling not in ("auto", "cover"):
+        return cfg
+    if cfg.sampling == "auto" and covers(cfg, pool_size):
+        return replace(cfg, sampling="uniform")
+    batch = max(cfg.batch_size, -(-pool_size // cfg.steps))
+    return replace(cfg, batch_size=batch, sampling="epoch")
 
 
 class BatchOrder:

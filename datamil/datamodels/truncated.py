@@ -26,6 +26,7 @@ from datamil.datamodels.metagrad import pull_back, record_segment
 from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
+    fit_to_pool,
     initial_state,
     random_masks,
     run_steps,
@@ -106,7 +107,7 @@ def run_truncated(
     trajectories (seeded by (rng_seed, r)) and injects every candidate in every run.
     """
     pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = proxy, {}
+    cfg, timings = fit_to_pool(proxy, pool.size), {}
     total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     with timed(timings, "total"):
         for r in range(n_runs):

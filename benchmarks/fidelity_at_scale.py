@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--proxy-seeds", type=int, default=1, help="average estimator scores over this many seeds"
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
         "--estimator-batch-sizes", type=int, nargs="*", default=[],
         help="also score metagrad with its proxy at these batch sizes (the truth keeps --batch-size)",

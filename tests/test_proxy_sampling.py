@@ -62,6 +62,9 @@ def test_auto_covers_the_pool_with_a_larger_batch_only_when_uniform_draws_cannot
     assert (covered.sampling, covered.batch_size) == ("epoch", 256)
     for explicit in ("uniform", "epoch", "trajectory"):  # what is named is what runs, at the named batch
         assert fit_to_pool(replace(cfg, sampling=explicit), 1_000_000) == replace(cfg, sampling=explicit)
+    earlier = replace(cfg, sampling="auto_trajectory")  # the committed benchmark runs' rule
+    assert fit_to_pool(earlier, 1_000_000) == earlier
+    assert [resolve_sampling(earlier, n) for n in (20_000, 1_000_000)] == ["uniform", "trajectory"]
     with pytest.raises(DatamilError, match="sampling"):
         ProxyConfig(sampling="stratified")
     with pytest.raises(DatamilError, match="target_share"):

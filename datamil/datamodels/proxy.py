@@ -51,7 +51,7 @@ def smooth_optim() -> OptimConfig:
     return OptimConfig(lr=1e-3, eps=1e-2, warmup_steps=0, total_steps=400, min_lr_ratio=1.0, grad_clip=None)
 
 
-SAMPLINGS = ("uniform", "epoch", "trajectory", "cover", "auto")
+SAMPLINGS = ("uniform", "epoch", "trajectory", "cover", "auto", "auto_trajectory")
 
 
 @dataclass
@@ -61,7 +61,8 @@ class ProxyConfig:
     sampling: how each step's batch is drawn from the pool (see `BatchOrder`): "uniform" (with
     replacement), "epoch" (a fresh permutation of the rows each epoch), "trajectory" (rounds that visit
     every trajectory once, one random step of each), "cover" (epoch permutations, with the batch raised
-    until the run draws every row: `fit_to_pool`), or "auto" (`resolve_sampling`).
+    until the run draws every row: `fit_to_pool`), "auto" (`resolve_sampling`), or "auto_trajectory" (the
+    rule "auto" followed before "cover" existed, which the committed benchmark runs used).
     target_share: the fraction of each batch drawn uniformly from the pool's target-train rows (when it
     holds them), as co-training's target:prior mixture does; the rest follows `sampling` over the prior.
     0 keeps target-train among the pool's rows at its natural share.
@@ -105,6 +106,8 @@ def resolve_sampling(cfg: ProxyConfig, pool_size: int) -> str:
     """
     if cfg.sampling in ("auto", "cover"):
         return "uniform" if cfg.sampling == "auto" and covers(cfg, pool_size) else "epoch"
+    if cfg.sampling == "auto_trajectory":  # the earlier rule: trajectory rounds at the configured batch
+        return "uniform" if covers(cfg, pool_size) else "trajectory"
     return cfg.sampling
 
 
@@ -117,7 +120,8 @@ def fit_to_pool(cfg: ProxyConfig, pool_size: int) -> ProxyConfig:
     differentiates stands closer to the expectation over batch orders that co-training's own draws sample;
     on the full prior this lifted LDS from 0.52 to 0.85 at alpha = 0.5 and from 0.79 to 0.87 at alpha = 0.1,
     against the trajectory rounds at 256 it replaces (README, "Fidelity at full size").
-    Explicit "uniform", "epoch" or "trajectory" are returned unchanged, so they stay comparable.
+    Any other sampling is returned unchanged: explicit "uniform", "epoch" or "trajectory" stay comparable,
+    and "auto_trajectory" keeps its batch and resolves per pool in `batch_split`, as "auto" used to.
     """
     if cfg.sampling not in ("auto", "cover"):
         return cfg

@@ -268,7 +268,8 @@ def run_cost(args: argparse.Namespace) -> None:
     )
     rows = []
     for label, (name, kwargs, overrides) in estimator_calls(args).items():
-        proxy = fit_to_pool(replace(truth_config(args), **overrides), pool_size)  # the run it differentiates
+        proxy = replace(truth_config(args), **overrides)  # as the estimator gets it: it fits it to the pool
+        fitted = fit_to_pool(proxy, pool_size)  # the run it differentiates, which `base` times
         estimator = ESTIMATORS.get(name)
 
         def run(p: ProxyConfig, estimator=estimator, kwargs=kwargs) -> None:
@@ -282,12 +283,12 @@ def run_cost(args: argparse.Namespace) -> None:
                 **kwargs,
             )
 
-        run(proxy.with_steps(5))
-        base = proxy_training_seconds(policy, data.prior, data.target_val, proxy, args.seed, repeats=1)
+        run(fitted.with_steps(5))  # warm-up at the fitted batch (5 steps of "auto" would fit a huge one)
+        base = proxy_training_seconds(policy, data.prior, data.target_val, fitted, args.seed, repeats=1)
         start = time.perf_counter()
         run(proxy)
         wall = time.perf_counter() - start
-        rows.append({"task": args.task, "estimator": label, "k": "", "alpha": "", "proxy_batch": proxy.batch_size,
+        rows.append({"task": args.task, "estimator": label, "k": "", "alpha": "", "proxy_batch": fitted.batch_size,
                      "proxy_run_s": round(base, 2), "wall_s": round(wall, 1), "cost_x_proxy": round(wall / base, 2),
                      "cost_x_shipped_proxy": round(wall / shipped, 2)})  # fmt: skip
         print(rows[-1])

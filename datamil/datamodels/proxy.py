@@ -125,10 +125,9 @@ def fit_to_pool(cfg: ProxyConfig, pool_size: int) -> ProxyConfig:
     """
     if cfg.sampling not in ("auto", "cover"):
         return cfg
-    if cfg.sampling == "auto" and covers(cfg, pool_size):
-        return replace(cfg, sampling="uniform")
-    batch = max(cfg.batch_size, -(-pool_size // cfg.steps))
-    return replace(cfg, batch_size=batch, sampling="epoch")
+    sampling = resolve_sampling(cfg, pool_size)  # the one rule for when the pool is covered
+    batch = cfg.batch_size if sampling == "uniform" else max(cfg.batch_size, -(-pool_size // cfg.steps))
+    return replace(cfg, batch_size=batch, sampling=sampling)
 
 
 class BatchOrder:

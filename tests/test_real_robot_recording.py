@@ -22,6 +22,7 @@ from datamil.real_robot.recording import SessionInfo, SessionRecorder, recover, 
 from datamil.real_robot.safety import SafetyLayer, SafetyLimits
 from datamil.real_robot.session import make_labeler, run_session
 from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
+from datamil.real_robot.wire import unpack_stream
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -88,17 +89,25 @@ def _episode_dirs(root) -> list[str]:
     return sorted(p.name for p in episodes.iterdir()) if episodes.is_dir() else []
 
 
-def _mid_episode(root) -> bool:
-    """Two episodes finished and a third one's journal holds some steps."""
+def _mid_episode(root, max_steps: int) -> bool:
+    """Two episodes finished and a third one is under way: its journal holds some, not all, of its steps,
+    and it has not been written yet. (Between the final rename and the journal's unlink, a finished
+    episode's journal is still there; a kill in that window rightly leaves nothing to recover.)"""
     if len(_episode_dirs(root)) < 2:
         return False
-    sizes = []
     for journal in root.glob(".ep_*.journal"):
         try:
-            sizes.append(journal.stat().st_size)
-        except FileNotFoundError:  # finished (renamed) between the listing and the stat
-            pass
-    return any(size > 2000 for size in sizes)
+            with open(journal, "rb") as f:
+                messages = list(unpack_stream(f))
+        except FileNotFoundError:  # finished (unlinked) between the listing and the open
+            continue
+        if not messages or messages[0].get("type") != "header":
+            continue
+        written = any((root / "episodes").glob(f"ep_{messages[0]['index']:06d}*"))
+        steps = sum(m.get("type") == "step" for m in messages)
+        if not written and 0 < steps < max_steps:
+            return True
+    return False
 
 
 def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
@@ -114,11 +123,11 @@ def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
         while True:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "teleop did not record two episodes in time"
-            if _mid_episode(root):
+            if _mid_episode(root, max_steps=60):
                 # freeze it, then look again: on a busy machine the episode may end in between
                 process.send_signal(signal.SIGSTOP)
                 os.waitpid(process.pid, os.WUNTRACED)  # returns once the process is stopped
-                if _mid_episode(root):
+                if _mid_episode(root, max_steps=60):
                     break
                 process.send_signal(signal.SIGCONT)
             time.sleep(0.02)

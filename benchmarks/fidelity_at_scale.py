@@ -7,6 +7,7 @@ against a truth averaged over k training seeds, next to that truth's own noise c
     python benchmarks/fidelity_at_scale.py lds                   # every estimator vs the k-seed mean truth
     python benchmarks/fidelity_at_scale.py cost                  # each estimator ÷ one proxy run, same process
     python benchmarks/fidelity_at_scale.py memory                # peak memory of one metagradient
+    python benchmarks/fidelity_at_scale.py margin                # from lds.csv: the default against the best other
     python benchmarks/tables.py                                  # the tables, from the committed CSVs only
 
 `--pool action_similarity:0.2` measures around a retrieval pool instead (what `method=refine` scores): the
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
 from datamil.datamodels.lds import (
+    attainable_lds,
     noise_ceiling,
     predicted_surrogates,
     proxy_training_seconds,
@@ -257,6 +259,43 @@ def run_lds(args: argparse.Namespace) -> None:
     write_rows(Path(args.out) / "lds.csv", rows)
 
 
+DEFAULT_ESTIMATOR = "metagrad/cover"  # what `sampling: auto` runs at full size
+MARGIN = 0.1  # §1 of the bar: the default >= every other estimator + 0.1
+
+
+def run_margin(args: argparse.Namespace) -> None:
+    """From lds.csv alone (no training): at each (alpha, k), the default estimator against the best other
+    estimator family, both also divided by the attainable LDS (lds.attainable_lds), and what the margin
+    asks of the default as a share of what any estimator can attain."""
+    path = Path(args.out) / "lds.csv"
+    if not path.is_file():
+        raise DatamilError(f"{path} does not exist; run `fidelity_at_scale.py lds` first")
+    rows = [r for r in csv.DictReader(path.open(newline="")) if r["proxy_seeds"] == "1"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["alpha"], r["k"]), []).append(r)
+    out = []
+    for (task, alpha, k), group in groups.items():
+        default = [r for r in group if r["estimator"] == DEFAULT_ESTIMATOR]
+        others = [r for r in group if not r["estimator"].startswith("metagrad/")]
+        if not default or not others:
+            continue
+        best = max(others, key=lambda r: float(r["lds_mean_truth"]))
+        lds, other = float(default[0]["lds_mean_truth"]), float(best["lds_mean_truth"])
+        top = attainable_lds(float(default[0]["reliability"]))
+        out.append(
+            {"task": task, "alpha": alpha, "k": k, "reliability": default[0]["reliability"], "attainable": round(top, 3),
+             "default": DEFAULT_ESTIMATOR, "default_lds": lds, "best_other": best["estimator"], "best_other_lds": other,
+             "margin": round(lds - other, 3), "needed_lds": round(other + MARGIN, 3),
+             "needed_share_of_attainable": round((other + MARGIN) / top, 3),
+             "default_vs_signal": round(lds / top, 3), "best_other_vs_signal": round(other / top, 3)}
+        )  # fmt: skip
+        print(out[-1])
+    if not out:
+        raise DatamilError(f"{path} has no ({DEFAULT_ESTIMATOR}, other estimator) pair at one alpha and k")
+    write_rows(Path(args.out) / "margin.csv", out)
+
+
 def run_cost(args: argparse.Namespace) -> None:
     """Each estimator's wall time over one proxy training run timed right before it, in one process, after
     a short warm-up of both: ratios that hold on a busy machine, unlike walls from different runs."""
@@ -338,11 +377,20 @@ def run_memory(args: argparse.Namespace) -> None:
     write_rows(Path(args.out) / "memory.csv", rows)
 
 
+STAGES = {
+    "ceiling": run_ceiling,
+    "lds": run_lds,
+    "cost": run_cost,
+    "memory": run_memory,
+    "margin": run_margin,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stage", choices=["ceiling", "lds", "cost", "memory"])
+    parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--task", default="metaworld/pick-place-wall")
     parser.add_argument("--data", default="metaworld_full")
     parser.add_argument(
@@ -385,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"ceiling": run_ceiling, "lds": run_lds, "cost": run_cost, "memory": run_memory}[args.stage](args)
+    STAGES[args.stage](args)
     atomic_write_text(Path(args.work) / "last_args.json", json.dumps(vars(args), default=str))
 
 

@@ -7,8 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
-from datamil.datamodels.lds import noise_ceiling, seeds_for_reliability, truth_seeds
+from datamil.datamodels.lds import attainable_lds, noise_ceiling, seeds_for_reliability, truth_seeds
 from datamil.datamodels.proxy import BatchOrder, ProxyConfig, fit_to_pool, resolve_sampling
 from datamil.errors import DatamilError
 from datamil.training import batch_indices
@@ -82,6 +83,19 @@ def test_noise_ceiling_separates_signal_from_seed_noise() -> None:
     assert clean.single_seed > 0.99
     with pytest.raises(DatamilError, match="2 truth seeds"):
         noise_ceiling(noisy[:1])
+
+
+def test_the_signal_itself_scores_sqrt_reliability_against_a_noisy_mean_truth() -> None:
+    """A perfect estimator (the signal) is attenuated by the truth's noise to sqrt(reliability): above the
+    reliability, so the ceiling alone understates what an estimator can reach."""
+    rng = np.random.default_rng(1)
+    signal = rng.normal(size=4000)
+    truths = signal + rng.normal(scale=2.0, size=(6, 4000))  # one seed ~0.2, six seeds ~0.6
+    ceiling = noise_ceiling(truths)
+    perfect = spearmanr(signal, truths.mean(0)).statistic
+    assert perfect == pytest.approx(attainable_lds(ceiling.reliability), abs=0.03)
+    assert perfect > ceiling.reliability + 0.1
+    assert attainable_lds(-0.2) == 0.0 and attainable_lds(1.0) == 1.0
 
 
 def test_seeds_for_reliability_is_the_spearman_brown_inverse() -> None:

@@ -134,6 +134,19 @@ def seeds_for_reliability(single_seed: float, reliability: float = 0.85) -> int:
     return max(2, int(np.ceil(reliability * (1 - r) / (r * (1 - reliability)) - 1e-9)))
 
 
+def attainable_lds(reliability: float) -> float:
+    """The LDS a noiseless estimator (the expected truth itself) would score against a truth of this
+    reliability: sqrt(reliability).
+
+    Why: with truth = signal + seed noise independent of the estimator, an estimator's correlation with the
+    truth is its correlation with the signal times corr(signal, truth) = sqrt(reliability) (the attenuation
+    of classical test theory; for Spearman an approximation). So the reliability itself is not the highest
+    LDS there is (an estimator may exceed it), and LDS / sqrt(reliability) estimates agreement with the
+    signal: how far an estimator is from perfect, and how much room a margin over another one has. A
+    reliability <= 0 (two seeds agree no better than chance) leaves nothing to attain: 0."""
+    return float(np.sqrt(min(max(reliability, 0.0), 1.0)))
+
+
 def truth_seeds(estimator_seed: int, k: int) -> list[int]:
     """k training seeds of the truth, all different from the estimator's: an estimator scored against its
     own batch order would be rewarded for fitting that order's noise."""

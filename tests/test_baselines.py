@@ -3,6 +3,7 @@ math against brute force and planted answers, and (slow) the selection-quality b
 
 from __future__ import annotations
 
+import csv
 import functools
 from pathlib import Path
 
@@ -370,6 +371,22 @@ def test_full_preset_declares_its_task_split_and_methods(bench):
         bench.make_plan(bench.load_config("full", ["test_tasks=[]"]))
     with pytest.raises(DatamilError, match="test_candidates"):
         bench.run_pilot(bench.load_config("tiny"))
+
+
+def test_every_benchmark_preset_composes_and_its_committed_runs_are_its_own(bench):
+    """Each preset resumes from its committed runs.csv: those rows must be runs the preset itself names
+    (its tasks and methods), or a fresh checkout would take over runs made for another table."""
+    presets = sorted(p.stem for p in (Path(bench.CONFIG_DIR) / "benchmark").glob("*.yaml"))
+    assert {"default", "full", "full_hard", "full_hard_2d", "full_hard_2d_replica"} <= set(presets)
+    for name in presets:
+        cfg = bench.load_config(name)
+        bench.check_methods(list(cfg.methods), str(cfg.estimator_name))
+        resume = ROOT / str(cfg.resume_from) if cfg.get("resume_from") else None
+        if resume is None or not resume.is_file() or not cfg.tasks:
+            continue
+        runs = {(r["task"], r["method"]) for r in csv.DictReader(resume.open(newline=""))}
+        foreign = runs - {(t, m) for t in cfg.tasks for m in cfg.methods}
+        assert not foreign, f"{name}: {sorted(foreign)[:3]} in {resume} are not runs of this preset"
 
 
 def test_size_matched_runs_take_the_reference_count_and_share_scores(bench, planted, tmp_path):

@@ -66,6 +66,7 @@ from datamil.io import atomic_write_text, file_lock
 from datamil.registry import configured
 from datamil.scripts import load_script
 from datamil.selection import Selection, SelectionConfig, read_selection
+from datamil.selection.methods import DATAMODEL_METHODS
 from datamil.selection.pipeline import run_selection
 from datamil.sim_tasks.evaluation import evaluate_checkpoint
 from datamil.training.cotraining import cotrain_on_selection
@@ -447,16 +448,28 @@ def resumable_settings(config: dict) -> dict:
     return settings
 
 
+def method_presets() -> dict[str, dict]:
+    """The presets of the datamodel methods (datamil/configs/method/<name>.yaml). A run's selection follows
+    them, yet they live outside the benchmark config, so a preset that changed (refine's pool_share did,
+    twice) would otherwise resume an output directory with runs made under the old one."""
+    return {name: dict(configured("method", name)) for name in sorted(DATAMODEL_METHODS)}
+
+
 def check_resumable(plan: Plan) -> None:
     """An output directory holds runs of one setting: resuming it with other settings fails loudly
-    instead of mixing old runs into a new table."""
+    instead of mixing old runs into a new table. The method presets are part of the setting; a directory
+    whose settings.json predates them is compared without them (and records them from then on)."""
     settings = resumable_settings(plan.config)
+    as_text = lambda value: json.dumps(value, sort_keys=True, default=str)  # noqa: E731
+    text = as_text(settings | {"method_presets": method_presets()})
     path = plan.out / "settings.json"
-    text = json.dumps(settings, sort_keys=True, default=str)
-    if path.is_file() and path.read_text() != text:
-        raise DatamilError(
-            f"{plan.out} holds runs made with other settings (see {path}); use another output_dir"
-        )
+    if path.is_file():
+        saved = path.read_text()
+        expected = text if "method_presets" in json.loads(saved) else as_text(settings)
+        if saved != expected:
+            raise DatamilError(
+                f"{plan.out} holds runs made with other settings (see {path}); use another output_dir"
+            )
     atomic_write_text(path, text)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +328,23 @@ def test_settings_added_later_leave_older_output_directories_resumable_at_their_
     )
     assert changed["estimator"]["proxy"]["target_share"] == 0.5
     assert bench.resumable_settings(new | {"proxy_seeds": 3})["proxy_seeds"] == 3
+
+
+def test_a_changed_method_preset_refuses_to_resume_an_output_directory(bench, tmp_path, monkeypatch):
+    """refine's preset lives outside the benchmark config; when it changes, old runs must not be resumed
+    into the new table. A settings.json written before presets were recorded still resumes."""
+    from types import SimpleNamespace
+
+    plan = SimpleNamespace(config={"budget": 0.1, "seeds": [0]}, out=tmp_path)
+    (tmp_path / "settings.json").write_text(json.dumps({"budget": 0.1}, sort_keys=True))  # an older directory
+    bench.check_resumable(plan)
+    assert json.loads((tmp_path / "settings.json").read_text())["method_presets"] == bench.method_presets()
+    bench.check_resumable(plan)  # the same presets: resumes
+    presets = bench.method_presets()
+    presets["refine"] = presets["refine"] | {"pool_share": 0.5}
+    monkeypatch.setattr(bench, "method_presets", lambda: presets)
+    with pytest.raises(DatamilError, match="other settings"):
+        bench.check_resumable(plan)
 
 
 def test_proxy_seeds_start_at_the_run_seed_and_never_reach_another_run_seed(bench):

@@ -18,11 +18,10 @@ import pytest
 from datamil.data.rlds import read_rlds
 from datamil.real_robot.control import LoopConfig, run_episode
 from datamil.real_robot.operators import ScriptedOperator
-from datamil.real_robot.recording import SessionInfo, SessionRecorder, recover, session_episodes
+from datamil.real_robot.recording import SessionInfo, SessionRecorder, recover, recoverable, session_episodes
 from datamil.real_robot.safety import SafetyLayer, SafetyLimits
 from datamil.real_robot.session import make_labeler, run_session
 from datamil.real_robot.sim_arm import SIM_ACTION_SPACE, SimArm
-from datamil.real_robot.wire import unpack_stream
 
 pytestmark = [pytest.mark.sim, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -90,30 +89,26 @@ def _episode_dirs(root) -> list[str]:
 
 
 def _mid_episode(root, max_steps: int) -> bool:
-    """Two episodes finished and a third one is under way: its journal holds some, not all, of its steps,
-    and it has not been written yet. (Between the final rename and the journal's unlink, a finished
-    episode's journal is still there; a kill in that window rightly leaves nothing to recover.)"""
+    """Two episodes finished and a third one is under way: `recover` would make a partial episode of its
+    journal, which holds some, not all, of its steps. (Between the final rename and the journal's unlink, a
+    finished episode's journal is still there; a kill in that window rightly leaves nothing to recover.)"""
     if len(_episode_dirs(root)) < 2:
         return False
     for journal in root.glob(".ep_*.journal"):
         try:
-            with open(journal, "rb") as f:
-                messages = list(unpack_stream(f))
+            found = recoverable(root, journal)
         except FileNotFoundError:  # finished (unlinked) between the listing and the open
             continue
-        if not messages or messages[0].get("type") != "header":
-            continue
-        written = any((root / "episodes").glob(f"ep_{messages[0]['index']:06d}*"))
-        steps = sum(m.get("type") == "step" for m in messages)
-        if not written and 0 < steps < max_steps:
+        if found is not None and len(found[1]) < max_steps:
             return True
     return False
 
 
 def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
+    max_steps = 60  # each episode's length: the teleop config, the waiting rule and the checks
     root = tmp_path / "session"
     command = [sys.executable, "-m", "datamil.real_robot.teleop", "operator.name=scripted", f"task={TASK}", "key_input=none",
-               "label=sim", "episodes=50", "control.rate_hz=100", "control.max_steps=60", f"recording.root={root}",
+               "label=sim", "episodes=50", "control.rate_hz=100", f"control.max_steps={max_steps}", f"recording.root={root}",
                "recording.fsync_every=1"]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -123,11 +118,11 @@ def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
         while True:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "teleop did not record two episodes in time"
-            if _mid_episode(root, max_steps=60):
+            if _mid_episode(root, max_steps=max_steps):
                 # freeze it, then look again: on a busy machine the episode may end in between
                 process.send_signal(signal.SIGSTOP)
                 os.waitpid(process.pid, os.WUNTRACED)  # returns once the process is stopped
-                if _mid_episode(root, max_steps=60):
+                if _mid_episode(root, max_steps=max_steps):
                     break
                 process.send_signal(signal.SIGCONT)
             time.sleep(0.02)
@@ -137,9 +132,9 @@ def test_killed_teleop_process_leaves_earlier_episodes_intact(tmp_path):
         process.wait()
     finished = _episode_dirs(root)
     episodes = [e for path in finished for e in read_rlds(root / "episodes" / path, progress=False)]
-    assert len(episodes) == len(finished) >= 2 and all(len(e) == 60 for e in episodes)
+    assert len(episodes) == len(finished) >= 2 and all(len(e) == max_steps for e in episodes)
     assert all(e.meta.success is not None for e in episodes)
     recovered = recover(root)
     assert len(recovered) == 1 and recovered[0].parent.name.endswith("_partial")
     partial, record = list(session_episodes(root, include_partial=True))[-1]
-    assert record["partial"] and 0 < len(partial) < 60
+    assert record["partial"] and 0 < len(partial) < max_steps

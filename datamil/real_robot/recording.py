@@ -238,16 +238,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def recoverable(root: Path, journal: Path) -> tuple[dict, list[dict]] | None:
+    """(header, steps) of a journal that holds an unwritten episode's steps; None for one with no header
+    or no step, or whose episode was written (a crash between the final rename and the unlink)."""
+    with open(journal, "rb") as f:
+        messages = list(unpack_stream(f))
+    header = messages[0] if messages and messages[0].get("type") == "header" else None
+    steps = [m for m in messages if m.get("type") == "step"]
+    if header is None or not steps or any((root / "episodes").glob(f"ep_{header['index']:06d}*")):
+        return None
+    return header, steps
+
+
 def recover(root: str | os.PathLike) -> list[Path]:
     """Turn every journal left by a crash into a partial episode (marked as such); returns their paths."""
     root, paths = Path(root), []
     for journal in sorted(root.glob(".ep_*.journal")):
-        with open(journal, "rb") as f:
-            messages = list(unpack_stream(f))
-        header = messages[0] if messages and messages[0].get("type") == "header" else None
-        steps = [m for m in messages if m.get("type") == "step"]
-        done = header is not None and any((root / "episodes").glob(f"ep_{header['index']:06d}*"))
-        if header is not None and steps and not done:
+        found = recoverable(root, journal)
+        if found is not None:
+            header, steps = found
             paths.append(
                 write_episode(
                     root,

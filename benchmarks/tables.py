@@ -458,12 +458,37 @@ def results_csvs() -> list[Path]:
     return sorted(p for p in RESULTS_DIR.rglob("*.csv") if p.name != "composition.csv")
 
 
+def paired_across(a: str, b: str) -> str:
+    """`CSV:METHOD` minus `CSV:METHOD`, paired over their common (task, seed) pairs: a difference between two
+    output directories whose runs share data, demos and start states (one took runs over from the other,
+    e.g. a round's refine against the size-matched row of the round before)."""
+    rows = []
+    for side, spec in (("a", a), ("b", b)):
+        path, _, method = spec.rpartition(":")
+        if not path or not method:
+            raise DatamilError(f"--paired takes CSV:METHOD, got {spec!r}")
+        if not Path(path).is_file():
+            raise DatamilError(f"{path} does not exist")
+        mine = [r | {"method": side} for r in read_rows(Path(path)) if r["method"] == method]
+        if not mine:
+            raise DatamilError(f"{path} has no runs of {method!r}")
+        rows += mine
+    diff = paired_difference(rows, "a", "b")
+    if np.isnan(diff[0]):
+        raise DatamilError(f"{a} and {b} share no (task, seed) pair")
+    return f"{a} minus {b}: {difference_text(diff)}"
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("csvs", nargs="*", type=Path, help="runs.csv / pilot.csv files (default: all under benchmarks/results)")  # fmt: skip
+    parser.add_argument("--paired", nargs=2, metavar="CSV:METHOD", help="print one paired difference across two runs.csv files instead")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.paired:
+        print(paired_across(*args.paired))
+        return []
     paths = args.csvs or results_csvs()
     if not paths:
         raise DatamilError(f"no runs.csv or pilot.csv under {RESULTS_DIR}; pass CSV paths")

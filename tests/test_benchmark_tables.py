@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from datamil.errors import DatamilError
 from datamil.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +177,20 @@ def test_a_benchmark_with_its_own_layout_rebuilds_its_committed_table(tables, tm
     (written,) = tables.main([str(copy)])
     assert written == tmp_path / "results.md"
     assert written.read_text() == (committed / "results.md").read_text()
+
+
+def test_a_paired_difference_across_two_runs_files_pairs_by_task_and_seed(tables, tmp_path):
+    """`--paired A.csv:METHOD B.csv:METHOD`: one round's method against another round's, on the pairs they
+    share (the directories took runs over from each other, so the data and start states are the same)."""
+    rows = make_rows()
+    tables.write_csv([r for r in rows if r["method"] == "metagrad"], tmp_path / "a.csv")
+    tables.write_csv([r for r in rows if r["method"] == "all_prior"], tmp_path / "b.csv")
+    line = tables.paired_across(f"{tmp_path / 'a.csv'}:metagrad", f"{tmp_path / 'b.csv'}:all_prior")
+    assert line.endswith(tables.difference_text(tables.paired_difference(rows, "metagrad", "all_prior")))
+    for bad, message in [
+        (f"{tmp_path / 'a.csv'}:all_prior", "no runs of 'all_prior'"),
+        (f"{tmp_path / 'c.csv'}:metagrad", "does not exist"),
+        ("metagrad", "CSV:METHOD"),
+    ]:
+        with pytest.raises(DatamilError, match=message):
+            tables.paired_across(bad, f"{tmp_path / 'b.csv'}:all_prior")

@@ -45,7 +45,8 @@ PILOT_FIELDS = (*CSV_FIELDS, "qualifies", "test_task", "dev_task")
 INT_FIELDS = {"seed", "n_episodes", "n_prior", "n_selected", "selected_success", "selected_target_task"}
 INT_FIELDS |= {"n_target_train", "n_target_val", "budget_count", "cotrain_steps"}
 TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task", "dev_task"}
-SELF_SIZED = frozenset({"all_prior", "target_only", "threshold"})  # methods that ignore the budget
+SELF_SIZED = frozenset({"all_prior", "target_only", "threshold", "same_task_success"})  # ignore the budget
+PRIVILEGED = frozenset({"same_task_success"})  # references that read labels no method has: never a baseline
 DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning", "refine": "DataMIL inside a retrieval pool"}  # fmt: skip
 BAR = {"best baseline": 10, "all_prior": 15}  # points DataMIL must gain over each
 
@@ -63,6 +64,11 @@ class MethodSpec:
     @property
     def datamodel(self) -> bool:
         return self.method in DATAMODEL_METHODS
+
+    @property
+    def baseline(self) -> bool:
+        """What a DataMIL variant must beat: neither a datamodel method nor a privileged reference."""
+        return not self.datamodel and self.method not in PRIVILEGED
 
     @property
     def self_sized(self) -> bool:
@@ -105,6 +111,8 @@ def label(name: str) -> str:
     spec = parse_method(name)
     if spec.size_from:
         return f"{name.partition('@')[0]}, size-matched to {spec.size_from}"
+    if spec.method in PRIVILEGED:
+        return f"{name} (privileged reference)"
     return f"{name} ({DATAMIL_LABELS[spec.method]})" if spec.datamodel else name
 
 
@@ -226,7 +234,7 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
         "|---|---|---|---|---|",
     ]
     for d in variants:
-        baselines = [m for m in compared_with(methods, d) if not parse_method(m).datamodel]
+        baselines = [m for m in compared_with(methods, d) if parse_method(m).baseline]
         if not baselines:
             lines.append(f"| {d} | (no baselines) | | | |")
             continue

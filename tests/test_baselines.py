@@ -3,7 +3,9 @@ math against brute force and planted answers, and (slow) the selection-quality b
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -135,6 +137,21 @@ def test_baselines_are_functions_of_data_and_seed(name, tiny_task_data):
     second = SELECTION_METHODS.get(name)(request(tiny_task_data, name, seed=3))
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_same_task_success_takes_the_targets_own_successes_and_needs_them(tiny_task_data):
+    data = tiny_task_data
+    scores, selected = SELECTION_METHODS.get("same_task_success")(request(data, "same_task_success"))
+    episodes = data.prior.episodes
+    expected = [i for i, (t, s) in enumerate(zip(episodes.task, episodes.success)) if t == data.task and s]
+    assert expected and selected.tolist() == expected and set(scores[selected]) == {0.0}
+    elsewhere = dataclasses.replace(data, task="metaworld/door-open")
+    with pytest.raises(DatamilError, match="no successful 'metaworld/door-open' trajectory"):
+        SELECTION_METHODS.get("same_task_success")(request(elsewhere, "same_task_success"))
+    unlabelled = dataclasses.replace(data, prior=copy.copy(data.prior))
+    unlabelled.prior.episodes = dataclasses.replace(episodes, success=[None] * len(episodes.success))
+    with pytest.raises(DatamilError, match="needs success labels"):
+        SELECTION_METHODS.get("same_task_success")(request(unlabelled, "same_task_success"))
 
 
 def test_random_depends_on_the_seed_only(tiny_task_data):

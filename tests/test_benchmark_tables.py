@@ -88,6 +88,15 @@ def test_the_bar_and_the_size_matched_comparison(tables):
     assert matched.startswith("| random, size-matched to metagrad_threshold |  | +10.0 [+10.0, +10.0] |")
 
 
+def test_a_privileged_reference_is_never_the_best_baseline(tables):
+    rows = make_rows()
+    rows += [r | {"method": "same_task_success", "success_rate": 1.0} for r in rows if r["method"] == "random"]
+    methods = [*SUCCESS, "same_task_success"]
+    top = next(line for line in tables.bar_check(rows, methods).splitlines() if line.startswith("| metagrad |"))
+    assert "| all_prior |" in top and top.endswith("| met |")  # same_task_success (100) is above all_prior
+    assert "same_task_success (privileged reference)" in tables.results_markdown(rows)
+
+
 def test_results_markdown_labels_every_method(tables):
     text = tables.results_markdown(make_rows())
     assert "| metagrad (DataMIL top-k) | 90 [" in text

@@ -89,7 +89,7 @@ MethodResult = tuple[np.ndarray, np.ndarray]  # (E,) trajectory scores, (k,) sel
 SELECTION_METHODS: Registry[Callable[[SelectionRequest], MethodResult]] = Registry("selection method")
 DATAMODEL_METHODS = frozenset({"topk", "threshold", "iterative", "refine"})  # the ones that run the estimator
 RESCORING_METHODS = frozenset({"iterative", "refine"})  # datamodel methods that re-estimate on subsets
-UNRANKED_METHODS = frozenset({"all_prior", "target_only"})  # baselines whose selection ignores the budget
+UNRANKED_METHODS = frozenset({"all_prior", "target_only", "same_task_success"})  # selections that ignore the budget
 
 
 def check_pool_method(name: str) -> None:

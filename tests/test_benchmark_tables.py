@@ -88,6 +88,16 @@ def test_the_bar_and_the_size_matched_comparison(tables):
     assert matched.startswith("| random, size-matched to metagrad_threshold |  | +10.0 [+10.0, +10.0] |")
 
 
+def test_the_reached_envelope_takes_the_best_method_per_task(tables):
+    rows, methods = make_rows(), list(SUCCESS)
+    line = tables.reached_line(rows, methods)  # metagrad is best on both tasks: (90 + 70) / 2
+    assert "a 90 (metagrad), b 70 (metagrad)" in line and "averages 80.0, +20.0 points" in line
+    assert "best baseline (all_prior, 60.0)" in line and "is within the +10 bar" in line
+    flat = [r | {"success_rate": 0.62} if r["method"] in ("metagrad", "metagrad_threshold") else r for r in rows]
+    assert "(a 70 (all_prior), b 62 (metagrad)) averages 66.0, +6.0 points" in tables.reached_line(flat, methods)
+    assert "short of the +10 bar" in tables.reached_line(flat, methods)
+
+
 def test_a_privileged_reference_is_never_the_best_baseline(tables):
     rows = make_rows()
     rows += [r | {"method": "same_task_success", "success_rate": 1.0} for r in rows if r["method"] == "random"]

@@ -270,10 +270,16 @@ def reached_line(rows: list[dict], methods: Sequence[str]) -> str:
         f"{t.split('/')[-1]} {100 * cell(rows, m, t)[0]:.0f} ({m})" for t, m in best_per_task.items()
     )
     verdict = "within" if gap >= BAR["best baseline"] else "short of"
+    references = [
+        f" The privileged reference {m} is {difference_text(paired_difference(rows, m, best))} points over "
+        "that baseline (paired)."
+        for m in methods
+        if parse_method(m).method in PRIVILEGED
+    ]
     return (
         f"Reached: the best method per task ({per_task}) averages {envelope:.1f}, {gap:+.1f} points over the "
         f"best baseline ({label(best)}, {100 * cell(rows, best)[0]:.1f}); this optimistic envelope is "
-        f"{verdict} the +{BAR['best baseline']} bar over the best baseline."
+        f"{verdict} the +{BAR['best baseline']} bar over the best baseline.{''.join(references)}"
     )
 
 

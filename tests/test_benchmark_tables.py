@@ -105,6 +105,8 @@ def test_a_privileged_reference_is_never_the_best_baseline(tables):
     top = next(line for line in tables.bar_check(rows, methods).splitlines() if line.startswith("| metagrad |"))
     assert "| all_prior |" in top and top.endswith("| met |")  # same_task_success (100) is above all_prior
     assert "same_task_success (privileged reference)" in tables.results_markdown(rows)
+    reached = tables.reached_line(rows, methods)  # 100 against all_prior's 70 / 50: +30 and +50 per seed
+    assert "reference same_task_success is +40.0 [+28.5, +51.5] points over that baseline (paired)." in reached
 
 
 def test_results_markdown_labels_every_method(tables):

@@ -165,7 +165,9 @@ def test_selection_defaults_are_the_method_presets():
         load_option("method", "threshold").cutoff,
     )  # fmt: skip
     refine = load_option("method", "refine")
-    assert (cfg.pool_method, cfg.pool_share) == (refine.pool_method, refine.pool_share)
+    assert (cfg.pool_method, cfg.pool_share, cfg.keep_share) == (
+        refine.pool_method, refine.pool_share, refine.keep_share
+    )  # fmt: skip
     assert "drop_percentile" not in {
         k for k, p in inspect.signature(__import__("datamil.selection.strategies").selection.strategies
                                         .iterative_prune).parameters.items() if p.default is not p.empty

@@ -119,7 +119,7 @@ def test_refine_keeps_the_best_scored_of_the_retrieval_pool(tiny_task_data):
         out[active] = planted[active]
         return out
 
-    cfg = SelectionConfig(method="refine", budget=0.25, pool_share=0.5, rounds=1)
+    cfg = SelectionConfig(method="refine", budget=0.25, pool_share=0.5, rounds=1, keep_share=0.25)
     scores, chosen = SELECTION_METHODS.get("refine")(SelectionRequest(tiny_task_data, cfg, 0, scorer))
     _, pool = SELECTION_METHODS.get("action_similarity")(request(tiny_task_data, "action_similarity", 0.5))
     np.testing.assert_array_equal(asked[0], pool)  # one round, estimated around the pool only
@@ -128,6 +128,11 @@ def test_refine_keeps_the_best_scored_of_the_retrieval_pool(tiny_task_data):
     np.testing.assert_array_equal(np.sort(chosen), np.sort(pool[np.argsort(planted[pool])[:k]]))
     # the unscored get the pool's worst score
     assert np.all(np.isfinite(scores)) and scores.max() == planted[pool].max()
+    # keep_share below the budget keeps that many of the same ranking; above it, the budget caps it
+    for keep, kept in ((0.1, max(1, round(0.1 * n))), (0.4, k)):
+        cfg = dataclasses.replace(cfg, keep_share=keep)
+        _, chosen = SELECTION_METHODS.get("refine")(SelectionRequest(tiny_task_data, cfg, 0, scorer))
+        np.testing.assert_array_equal(np.sort(chosen), np.sort(pool[np.argsort(planted[pool])[:kept]]))
 
 
 @pytest.mark.sim

@@ -39,7 +39,7 @@ class SelectionConfig:
     readmit_percentile: float = _ITERATIVE["readmit_percentile"]  # iterative: re-admit dropped at/below this
     pool_method: str = _REFINE["pool_method"]  # refine: the retrieval method that ranks the starting pool
     pool_share: float = _REFINE["pool_share"]  # refine: the pool's size, a fraction of the prior (> budget)
-    keep_share: float = _REFINE["keep_share"]  # refine: the share of the prior finally kept, at most the budget
+    keep_share: float = _REFINE["keep_share"]  # refine: the share of the prior kept (<= budget)
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
 
     def __post_init__(self) -> None:
@@ -95,7 +95,8 @@ MethodResult = tuple[np.ndarray, np.ndarray]  # (E,) trajectory scores, (k,) sel
 SELECTION_METHODS: Registry[Callable[[SelectionRequest], MethodResult]] = Registry("selection method")
 DATAMODEL_METHODS = frozenset({"topk", "threshold", "iterative", "refine"})  # the ones that run the estimator
 RESCORING_METHODS = frozenset({"iterative", "refine"})  # datamodel methods that re-estimate on subsets
-UNRANKED_METHODS = frozenset({"all_prior", "target_only", "same_task_success"})  # selections that ignore the budget
+# selections that ignore the budget
+UNRANKED_METHODS = frozenset({"all_prior", "target_only", "same_task_success"})
 
 
 def check_pool_method(name: str) -> None:

@@ -34,6 +34,7 @@ import selection_quality as sq  # noqa: E402
 
 from datamil.data.sources import MetaWorldSource, TaskData  # noqa: E402
 from datamil.errors import DatamilError  # noqa: E402
+from datamil.report import markdown_table  # noqa: E402
 from datamil.selection.methods import SELECTION_METHODS, SelectionConfig, SelectionRequest  # noqa: E402
 from datamil.sim_tasks.generate import plan_episodes  # noqa: E402
 
@@ -51,9 +52,11 @@ def action_jitter(data: TaskData) -> np.ndarray:
     return total / np.maximum(np.bincount(episode[within], minlength=prior.n_episodes), 1)
 
 
-def deminf_scores(data: TaskData, seed: int) -> np.ndarray:
+def deminf_scores(data: TaskData) -> np.ndarray:
+    """(E,) DemInf's quality score of every prior trajectory (lower = better), at seed 0: one ranking per
+    task serves all of that task's selections, whichever seed made them."""
     cfg = SelectionConfig(method="deminf", budget=0.1)
-    scores, _ = SELECTION_METHODS.get("deminf")(SelectionRequest(data, cfg, seed, None))
+    scores, _ = SELECTION_METHODS.get("deminf")(SelectionRequest(data, cfg, 0, None))
     return scores
 
 
@@ -115,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             raise DatamilError(f"no {args.method} selections of {task} under {args.selections}; run it first")
         data = plan.data.load(task)
         noise = noise_levels(data, plan.data)
-        signals = {"jitter": action_jitter(data), "deminf": deminf_scores(data, 0)}
+        signals = {"jitter": action_jitter(data), "deminf": deminf_scores(data)}
         for path in paths:
             seed = int(path.parent.name.removeprefix("seed"))
             rows.append(selection_row(task, seed, path, data, noise, signals))
@@ -125,9 +128,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
+    print("\n".join(markdown_table(list(rows[0]), [list(row.values()) for row in rows])))
     return rows
 
 

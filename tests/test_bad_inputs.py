@@ -128,7 +128,7 @@ def test_user_errors_are_one_line_also_when_instantiate_wrapped_them():
         ({"method": "refine", "pool_method": "all_prior"}, "pool_method='all_prior' ranks nothing"),
         ({"method": "refine", "pool_method": "iterative"}, "ranks nothing to refine"),
         ({"method": "refine", "budget": 0.3, "pool_share": 0.2}, "pool_share=0.2 must be in \\(budget=0.3"),
-        ({"method": "refine", "keep_share": 0.0}, "keep_share=0.0 must be a fraction in \\(0, 1\\]"),
+        ({"method": "refine", "keep_share": 0.0}, "keep_share 0.0 must be a fraction in \\(0, 1\\]"),
         ({"method": "refine", "rounds": 0}, "rounds=0 must be a whole number"),
     ],
 )

@@ -73,11 +73,7 @@ class SelectionConfig:
                 f"selection.pool_share={self.pool_share!r} must be in (budget={self.budget}, 1]: the pool "
                 "must hold more than the selection, e.g. pool_share=0.3 with budget=0.1"
             )
-        if not (isinstance(self.keep_share, numbers.Real) and 0.0 < self.keep_share <= 1.0):
-            raise DatamilError(
-                f"selection.keep_share={self.keep_share!r} must be a fraction in (0, 1] of the prior "
-                "trajectories refine keeps (at most the budget), e.g. keep_share=0.02"
-            )
+        check_budget(self.keep_share, "keep_share")
 
 
 @dataclass

@@ -16,11 +16,15 @@ import numpy as np
 from datamil.errors import DatamilError
 
 
-def check_budget(budget: float) -> float:
+def check_budget(budget: float, setting: str = "budget") -> float:
+    """`budget` as a float, or one line naming `setting` when it is no fraction in (0, 1] of the prior.
+
+    Every share of the prior a selection keeps (the budget, refine's keep_share) is checked here, so they
+    all fail with the same message shape."""
     if not (isinstance(budget, numbers.Real) and 0.0 < float(budget) <= 1.0):
         raise DatamilError(
-            f"selection budget {budget!r} must be a fraction in (0, 1] of the prior trajectories, "
-            "e.g. selection.budget=0.1 keeps 10%"
+            f"selection {setting} {budget!r} must be a fraction in (0, 1] of the prior trajectories, "
+            f"e.g. selection.{setting}=0.1 keeps 10%"
         )
     return float(budget)
 

@@ -37,6 +37,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from datamil.datamodels import ESTIMATORS, ProxyConfig, smooth_optim
+from datamil.datamodels.base import prepare_proxy
 from datamil.datamodels.lds import (
     attainable_lds,
     noise_ceiling,
@@ -47,7 +48,7 @@ from datamil.datamodels.lds import (
     true_surrogates,
     truth_seeds,
 )
-from datamil.datamodels.proxy import fit_to_pool, random_masks
+from datamil.datamodels.proxy import random_masks
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_npz, atomic_write_text
 from datamil.policies.mlp import MLPPolicy
@@ -301,14 +302,15 @@ def run_cost(args: argparse.Namespace) -> None:
     a short warm-up of both: ratios that hold on a busy machine, unlike walls from different runs."""
     data = task_data(args)
     policy = proxy_policy(data.prior)
-    pool_size = data.prior.n_steps + data.target_train.n_steps  # what the estimators train on
     shipped = proxy_training_seconds(
         policy, data.prior, data.target_val, truth_config(args), args.seed, repeats=1
     )
     rows = []
     for label, (name, kwargs, overrides) in estimator_calls(args).items():
         proxy = replace(truth_config(args), **overrides)  # as the estimator gets it: it fits it to the pool
-        fitted = fit_to_pool(proxy, pool_size)  # the run it differentiates, which `base` times
+        *_, fitted = prepare_proxy(  # the run it differentiates, which `base` times
+            policy, data.prior, data.target_val, data.target_train, kwargs["include_target_train"], proxy
+        )
         estimator = ESTIMATORS.get(name)
 
         def run(p: ProxyConfig, estimator=estimator, kwargs=kwargs) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from datamil.data.store import TrajectoryStore
+from datamil.datamodels.proxy import ProxyConfig, fit_to_pool
 from datamil.datamodels.surrogate import Surrogate, TrainPool, build_pool, check_policy
 from datamil.errors import DatamilError
 from datamil.registry import ConfigRegistry
@@ -68,6 +69,20 @@ def prepare(
             "include_target_train=True needs target_train_store; pass it or set the flag false"
         )
     return build_pool(policy, train_store, target_train_store if include_target_train else None), surrogate
+
+
+def prepare_proxy(
+    policy: Any,
+    train_store: TrajectoryStore,
+    target_val_store: TrajectoryStore | None,
+    target_train_store: TrajectoryStore | None,
+    include_target_train: bool,
+    proxy: ProxyConfig,
+) -> tuple[TrainPool, Surrogate, ProxyConfig]:
+    """`prepare`, plus the proxy run as it will train on that pool (`fit_to_pool`): every estimator that
+    trains a proxy differentiates or featurizes that run, and a benchmark timing it needs the same one."""
+    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
+    return pool, surrogate, fit_to_pool(proxy, pool.size)
 
 
 def check_scores(scores: np.ndarray, n: int, name: str) -> np.ndarray:

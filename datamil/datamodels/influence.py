@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
-from datamil.datamodels.proxy import ProxyConfig, fit_to_pool, initial_state, run_steps
+from datamil.datamodels.base import EstimateResult, check_scores, prepare_proxy, scores_only, timed
+from datamil.datamodels.proxy import ProxyConfig, initial_state, run_steps
 from datamil.datamodels.surrogate import Surrogate, TrainPool, loss_directional_derivatives, take
 from datamil.policies.base import Params, Policy, flatten_params, unflatten_params
 from datamil.registry import configured
@@ -94,8 +94,10 @@ def run_influence(
     target_train_store: TrajectoryStore | None = None,
 ) -> EstimateResult:
     """TracIn scores of eq. (tracin) (negative = helpful) from `n_checkpoints` checkpoints of one proxy run."""
-    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = fit_to_pool(proxy, pool.size), {}
+    pool, surrogate, cfg = prepare_proxy(
+        policy, train_store, target_val_store, target_train_store, include_target_train, proxy
+    )
+    timings: dict[str, float] = {}
     bounds = np.linspace(0, cfg.steps, max(1, n_checkpoints) + 1).round().astype(int)
     total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     z, done, proj = initial_state(policy, rng_seed), 0, None

@@ -44,12 +44,11 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare_proxy, scores_only, timed
 from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
     batch_split,
-    fit_to_pool,
     initial_state,
     run_steps,
     step_fn,
@@ -312,8 +311,9 @@ def run_metagrad(
 ) -> EstimateResult:
     """Exact metagradient scores of every prior step (negative = helpful), or with `expectation_points` > 0
     their expectation over batch orders; see the module docstring."""
-    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg = fit_to_pool(proxy, pool.size)
+    pool, surrogate, cfg = prepare_proxy(
+        policy, train_store, target_val_store, target_train_store, include_target_train, proxy
+    )
     # a batch raised to cover the pool records as many rows per segment as the configured one did
     checkpoint_every = max(1, checkpoint_every * proxy.batch_size // cfg.batch_size)
     if not expectation_points:  # the expectation injects every trajectory whatever the run draws

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
-from datamil.datamodels.proxy import ProxyConfig, fit_to_pool, train_proxy
+from datamil.datamodels.base import EstimateResult, check_scores, prepare_proxy, scores_only, timed
+from datamil.datamodels.proxy import ProxyConfig, train_proxy
 from datamil.datamodels.surrogate import TrainPool, sampled_rows, spread_to_steps, take
 from datamil.errors import DatamilError
 from datamil.policies.base import Batch, Policy
@@ -117,8 +117,10 @@ def run_trak(
         import trak  # noqa: F401
     except ImportError as err:
         raise DatamilError("estimator=trak needs the traker package: pip install 'datamil[trak]'") from err
-    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = fit_to_pool(proxy, pool.size), {}
+    pool, surrogate, cfg = prepare_proxy(
+        policy, train_store, target_val_store, target_train_store, include_target_train, proxy
+    )
+    timings: dict[str, float] = {}
     with timed(timings, "train"):
         models = [train_proxy(policy, pool, cfg, rng_seed + m) for m in range(n_models)]
     with timed(timings, "featurize_and_score"):

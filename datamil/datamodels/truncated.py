@@ -21,12 +21,11 @@ import torch
 from torch import Tensor
 
 from datamil.data.store import TrajectoryStore
-from datamil.datamodels.base import EstimateResult, check_scores, prepare, scores_only, timed
+from datamil.datamodels.base import EstimateResult, check_scores, prepare_proxy, scores_only, timed
 from datamil.datamodels.metagrad import pull_back, record_segment
 from datamil.datamodels.proxy import (
     ProxyConfig,
     batch_order,
-    fit_to_pool,
     initial_state,
     random_masks,
     run_steps,
@@ -106,8 +105,10 @@ def run_truncated(
     n_runs = 1 trains on the whole pool; n_runs > 1 trains run r on a random `subset_fraction` of the prior
     trajectories (seeded by (rng_seed, r)) and injects every candidate in every run.
     """
-    pool, surrogate = prepare(policy, train_store, target_val_store, target_train_store, include_target_train)
-    cfg, timings = fit_to_pool(proxy, pool.size), {}
+    pool, surrogate, cfg = prepare_proxy(
+        policy, train_store, target_val_store, target_train_store, include_target_train, proxy
+    )
+    timings: dict[str, float] = {}
     total = torch.zeros(pool.n_scored, dtype=torch.float64, device=pool.device)
     with timed(timings, "total"):
         for r in range(n_runs):

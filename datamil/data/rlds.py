@@ -282,7 +282,6 @@ def _split_element(tf: Any, element: Any, is_batch: bool) -> Iterator[dict]:
         yield tf.nest.pack_sequence_as(element, list(episode))
 
 
-
 def image_paths(features: Any) -> list[str]:
     """ "/"-joined paths (relative to steps) of every Image feature in the steps of an RLDS dataset."""
     from tensorflow_datasets.core.features import Image
@@ -326,25 +325,22 @@ def _stream(
     with tqdm(total=total, desc=reader.name, unit="ep", disable=not progress) as bar:
         for part, (ds, is_batch) in datasets:
             start = position
-            try:
-                for element in ds:
-                    for raw in _split_element(tf, element, is_batch):
-                        yield reader.episode(raw, position)
-                        position += 1
-                        bar.update()
-            except tf.errors.OpError:
-                name, (lo, hi) = _slice_bounds(part)
-                single, _ = dataset(f"{name}[{lo + position - start}:{hi}]", batched=False)
+            for retry in (False, True):  # a failed batch is re-read once, one episode at a time
                 try:
-                    for element in single:
-                        yield reader.episode(next(_split_element(tf, element, False)), position)
-                        position += 1
-                        bar.update()
+                    for element in ds:
+                        for raw in _split_element(tf, element, is_batch):
+                            yield reader.episode(raw, position)
+                            position += 1
+                            bar.update()
+                    break
                 except tf.errors.OpError as error:  # a corrupt shard or an undecodable frame
-                    raise DataError(
-                        f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
-                        f"order): {_tf_cause(error)}; re-write or re-download the dataset"
-                    ) from None
+                    if retry:
+                        raise DataError(
+                            f"{reader.name}: unreadable data in episode #{position} (counting from 0 in read "
+                            f"order): {_tf_cause(error)}; re-write or re-download the dataset"
+                        ) from None
+                    name, (lo, hi) = _slice_bounds(part)
+                    (ds, _), is_batch = dataset(f"{name}[{lo + position - start}:{hi}]", batched=False), False
 
 
 def _slice_bounds(part: str) -> tuple[str, tuple[int, int]]:

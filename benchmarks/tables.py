@@ -238,11 +238,10 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
         "|---|---|---|---|---|",
     ]
     for d in variants:
-        baselines = [m for m in compared_with(methods, d) if parse_method(m).baseline]
-        if not baselines:
+        best = best_baseline(rows, methods, d)
+        if best is None:
             lines.append(f"| {d} | (no baselines) | | | |")
             continue
-        best = max(baselines, key=lambda m: cell(rows, m)[0])
         checks = {"best baseline": paired_difference(rows, d, best)}
         if "all_prior" in methods:
             checks["all_prior"] = paired_difference(rows, d, "all_prior")
@@ -255,6 +254,13 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
     if "all_prior" in methods:
         lines += ["", headroom_line(rows)]
     return "\n".join([*lines, "", reached_line(rows, methods)])
+
+
+def best_baseline(rows: list[dict], methods: Sequence[str], datamil: str) -> str | None:
+    """The baseline `datamil` is compared with (size-matched runs included) with the highest mean success
+    over `rows`; None when it is compared with none."""
+    baselines = [m for m in compared_with(methods, datamil) if parse_method(m).baseline]
+    return max(baselines, key=lambda m: cell(rows, m)[0]) if baselines else None
 
 
 def reached_line(rows: list[dict], methods: Sequence[str]) -> str:
@@ -479,13 +485,116 @@ def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+# ------------------------------------------------------------------------------------ every test set at once
+TEST_SET_FIELDS = ("test_set", "runs", "datamil")  # test_sets.csv: a label, a runs.csv (relative), a method
+
+
+@dataclass(frozen=True)
+class TestSetSummary:
+    """One DataMIL method on one test set, against that set's best baseline, all_prior and reference."""
+
+    test_set: str
+    datamil: str
+    pairs: int
+    success: float  # DataMIL's mean success over the pairs every method finished, in [0, 1]
+    best: str
+    best_success: float
+    over_best: tuple[float, float, float]  # paired (mean, low, high), in [0, 1] units
+    over_all_prior: tuple[float, float, float]
+    reference_over_best: tuple[float, float, float]  # the privileged reference; NaN without one
+
+
+def summarize_test_set(rows: list[dict], test_set: str, datamil: str) -> TestSetSummary:
+    """What the bar asks of `datamil` on one runs.csv: the same pairs and best baseline as its bar check."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if datamil not in methods:
+        raise DatamilError(f"test set {test_set!r} has no runs of {datamil!r}; add them or name another method")
+    rows = finished_everywhere(rows, methods)
+    best = best_baseline(rows, methods, datamil)
+    if best is None or "all_prior" not in methods:
+        raise DatamilError(f"test set {test_set!r} needs all_prior and at least one baseline beside {datamil}")
+    nan = (float("nan"),) * 3
+    reference = next((m for m in methods if parse_method(m).privileged), None)
+    return TestSetSummary(
+        test_set, datamil, len({(r["task"], r["seed"]) for r in rows}), cell(rows, datamil)[0], best,
+        cell(rows, best)[0], paired_difference(rows, datamil, best), paired_difference(rows, datamil, "all_prior"),
+        paired_difference(rows, reference, best) if reference else nan,
+    )  # fmt: skip
+
+
+def read_test_sets(csv_path: Path) -> list[TestSetSummary]:
+    """Every row of a test_sets.csv, summarized from the runs.csv it names (relative to the CSV)."""
+    with open(csv_path, newline="") as f:
+        entries = list(csv.DictReader(f))
+    if not entries or set(entries[0]) != set(TEST_SET_FIELDS):
+        raise DatamilError(f"{csv_path} needs the columns {', '.join(TEST_SET_FIELDS)} and one row per test set")
+    summaries = []
+    for entry in entries:
+        runs = csv_path.parent / entry["runs"]
+        if not runs.is_file():
+            raise DatamilError(f"{csv_path}: {runs} does not exist; commit that run or drop its row")
+        summaries.append(summarize_test_set(read_rows(runs), entry["test_set"], entry["datamil"]))
+    return summaries
+
+
+def test_sets_markdown(summaries: Sequence[TestSetSummary]) -> str:
+    """One line per test set: DataMIL against both bars, and the privileged reference against the first."""
+    header = [
+        "test set", "(task, seed) pairs", "DataMIL", "best baseline", "minus the best baseline (bar +10)",
+        "minus all_prior (bar +15)", "privileged reference minus the best baseline",
+    ]  # fmt: skip
+    body = [
+        [s.test_set, s.pairs, f"{s.datamil}: {points(s.success)}", f"{s.best}: {points(s.best_success)}",
+         difference_text(s.over_best), difference_text(s.over_all_prior),
+         difference_text(s.reference_over_best) if np.isfinite(s.reference_over_best[0]) else "-"]
+        for s in summaries
+    ]  # fmt: skip
+    met = [s.test_set for s in summaries if 100 * s.over_best[0] >= BAR["best baseline"]]
+    met_prior = [s.test_set for s in summaries if 100 * s.over_all_prior[0] >= BAR["all_prior"]]
+    return "\n".join([
+        *markdown_table(header, body), "",
+        f"+{BAR['best baseline']} over the best baseline: met on {len(met)} of {len(summaries)} test sets"
+        f"{': ' + ', '.join(met) if met else ''}. +{BAR['all_prior']} over all_prior: met on {len(met_prior)} of "
+        f"{len(summaries)}{': ' + ', '.join(met_prior) if met_prior else ''}.",
+    ]) + "\n"  # fmt: skip
+
+
+def plot_test_sets(summaries: Sequence[TestSetSummary], path: Path) -> Path:
+    """Paired differences with their 95% intervals, one column per test set, and each bar as a line."""
+    from datamil.report import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(summaries)), 3.6))
+    x = np.arange(len(summaries))
+    series = {
+        "DataMIL minus the best baseline": ("over_best", "C0", BAR["best baseline"]),
+        "DataMIL minus all_prior": ("over_all_prior", "C1", BAR["all_prior"]),
+        "privileged reference minus the best baseline": ("reference_over_best", "C7", None),
+    }
+    for j, (name, (field, color, bar)) in enumerate(series.items()):
+        diff = 100 * np.array([getattr(s, field) for s in summaries])
+        err = np.abs(diff[:, 1:] - diff[:, :1]).T
+        ax.errorbar(x + (j - 1) * 0.2, diff[:, 0], yerr=err, fmt="o", color=color, capsize=3, label=name)
+        if bar is not None:
+            ax.axhline(bar, color=color, linestyle="--", linewidth=1, label=f"bar: +{bar}")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(x, [s.test_set for s in summaries], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="paired difference (points)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(fig, path)
+
+
 def regenerate(csv_path: Path) -> Path:
-    """Write results.md and success.png (runs.csv), results.md (a CSV of OWN_LAYOUT), pilot.md (pilot.csv)
-    or <name>.md (any other CSV) next to the CSV."""
+    """Write results.md and success.png (runs.csv), results.md (a CSV of OWN_LAYOUT), pilot.md (pilot.csv),
+    test_sets.md and test_sets.png (test_sets.csv) or <name>.md (any other CSV) next to the CSV."""
     if csv_path.name in OWN_LAYOUT:
         return load_script(Path(__file__).with_name(f"{OWN_LAYOUT[csv_path.name]}.py")).write_results_md(
             csv_path
         )
+    if csv_path.name == "test_sets.csv":
+        summaries = read_test_sets(csv_path)
+        plot_test_sets(summaries, csv_path.with_suffix(".png"))
+        return atomic_write_text(csv_path.with_suffix(".md"), test_sets_markdown(summaries))
     if csv_path.name not in ("runs.csv", "pilot.csv"):
         return atomic_write_text(csv_path.with_suffix(".md"), plain_markdown(csv_path))
     rows = read_rows(csv_path)

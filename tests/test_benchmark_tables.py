@@ -215,3 +215,25 @@ def test_a_paired_difference_across_two_runs_files_pairs_by_task_and_seed(tables
     ]:
         with pytest.raises(DatamilError, match=message):
             tables.paired_across(bad, f"{tmp_path / 'b.csv'}:all_prior")
+
+
+def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
+    """test_sets.csv: one line per test set, with the best baseline and paired differences of its bar check,
+    written as test_sets.md and test_sets.png by the same one command; a missing runs.csv fails on one line."""
+    tables.write_csv(make_rows(), tmp_path / "set_a" / "runs.csv")
+    listing = tmp_path / "test_sets.csv"
+    listing.write_text("test_set,runs,datamil\nset a,set_a/runs.csv,metagrad\n")
+    (written,) = tables.main([str(listing)])
+    assert written == tmp_path / "test_sets.md" and (tmp_path / "test_sets.png").stat().st_size > 0
+    (summary,) = tables.read_test_sets(listing)
+    assert summary.best == "all_prior" and summary.pairs == 6  # all_prior (60) beats random (40)
+    assert summary.over_best == tables.paired_difference(make_rows(), "metagrad", "all_prior")
+    assert np.isnan(summary.reference_over_best[0])  # no privileged reference in these runs
+    assert "| set a | 6 | metagrad: 80 | all_prior: 60 | +20.0 [" in written.read_text()
+    assert "+10 over the best baseline: met on 1 of 1 test sets: set a." in written.read_text()
+    listing.write_text("test_set,runs,datamil\nset b,set_b/runs.csv,metagrad\n")
+    with pytest.raises(DatamilError, match="set_b/runs.csv does not exist; commit that run or drop its row"):
+        tables.read_test_sets(listing)
+    listing.write_text("test_set,runs,datamil\nset a,set_a/runs.csv,metagrad_iterative\n")
+    with pytest.raises(DatamilError, match="has no runs of 'metagrad_iterative'"):
+        tables.read_test_sets(listing)

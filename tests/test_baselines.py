@@ -148,7 +148,11 @@ def test_same_task_success_takes_the_targets_own_successes_and_needs_them(tiny_t
     data = tiny_task_data
     scores, selected = SELECTION_METHODS.get("same_task_success")(request(data, "same_task_success"))
     episodes = data.prior.episodes
-    expected = [i for i, (t, s) in enumerate(zip(episodes.task, episodes.success, strict=True)) if t == data.task and s]
+    expected = [
+        i
+        for i, (t, s) in enumerate(zip(episodes.task, episodes.success, strict=True))
+        if t == data.task and s
+    ]
     assert expected and selected.tolist() == expected and set(scores[selected]) == {0.0}
     elsewhere = dataclasses.replace(data, task="metaworld/door-open")
     with pytest.raises(DatamilError, match="no successful 'metaworld/door-open' trajectory"):

@@ -93,20 +93,30 @@ def test_the_reached_envelope_takes_the_best_method_per_task(tables):
     line = tables.reached_line(rows, methods)  # metagrad is best on both tasks: (90 + 70) / 2
     assert "a 90 (metagrad), b 70 (metagrad)" in line and "averages 80.0, +20.0 points" in line
     assert "best baseline (all_prior, 60.0)" in line and "is within the +10 bar" in line
-    flat = [r | {"success_rate": 0.62} if r["method"] in ("metagrad", "metagrad_threshold") else r for r in rows]
-    assert "(a 70 (all_prior), b 62 (metagrad)) averages 66.0, +6.0 points" in tables.reached_line(flat, methods)
+    flat = [
+        r | {"success_rate": 0.62} if r["method"] in ("metagrad", "metagrad_threshold") else r for r in rows
+    ]
+    assert "(a 70 (all_prior), b 62 (metagrad)) averages 66.0, +6.0 points" in tables.reached_line(
+        flat, methods
+    )
     assert "short of the +10 bar" in tables.reached_line(flat, methods)
 
 
 def test_a_privileged_reference_is_never_the_best_baseline(tables):
     rows = make_rows()
-    rows += [r | {"method": "same_task_success", "success_rate": 1.0} for r in rows if r["method"] == "random"]
+    rows += [
+        r | {"method": "same_task_success", "success_rate": 1.0} for r in rows if r["method"] == "random"
+    ]
     methods = [*SUCCESS, "same_task_success"]
-    top = next(line for line in tables.bar_check(rows, methods).splitlines() if line.startswith("| metagrad |"))
+    top = next(
+        line for line in tables.bar_check(rows, methods).splitlines() if line.startswith("| metagrad |")
+    )
     assert "| all_prior |" in top and top.endswith("| met |")  # same_task_success (100) is above all_prior
     assert "same_task_success (privileged reference)" in tables.results_markdown(rows)
     reached = tables.reached_line(rows, methods)  # 100 against all_prior's 70 / 50: +30 and +50 per seed
-    assert "reference same_task_success is +40.0 [+28.5, +51.5] points over that baseline (paired)." in reached
+    assert (
+        "reference same_task_success is +40.0 [+28.5, +51.5] points over that baseline (paired)." in reached
+    )
 
 
 def test_results_markdown_labels_every_method(tables):
@@ -231,6 +241,19 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
     assert np.isnan(summary.reference_over_best[0])  # no privileged reference in these runs
     assert "| set a | 6 | metagrad: 80 | all_prior: 60 | +20.0 [" in written.read_text()
     assert "+10 over the best baseline: met on 1 of 1 test sets: set a." in written.read_text()
+    tables.write_csv([r for r in make_rows() if r["seed"] == 0], tmp_path / "set_c" / "runs.csv")
+    listing.write_text(
+        "test_set,runs,datamil\nset a,set_a/runs.csv,metagrad\nset c,set_c/runs.csv,metagrad\n"
+    )
+    a, c = tables.read_test_sets(listing)
+    pooled = tables.mean_interval(a.over_best_pairs + c.over_best_pairs)
+    assert (
+        c.pairs < a.pairs and pooled[2] - pooled[1] < a.over_best[2] - a.over_best[1]
+    )  # more pairs, tighter
+    assert (
+        f"Pooled over the 2 test sets ({a.pairs + c.pairs} (task, seed) pairs"
+        in tables.main([str(listing)])[0].read_text()
+    )
     listing.write_text("test_set,runs,datamil\nset b,set_b/runs.csv,metagrad\n")
     with pytest.raises(DatamilError, match="set_b/runs.csv does not exist; commit that run or drop its row"):
         tables.read_test_sets(listing)

@@ -40,6 +40,7 @@ class SelectionConfig:
     pool_method: str = _REFINE["pool_method"]  # refine: the retrieval method that ranks the starting pool
     pool_share: float = _REFINE["pool_share"]  # refine: the pool's size, a fraction of the prior (> budget)
     keep_share: float = _REFINE["keep_share"]  # refine: the share of the prior kept (<= budget)
+    cross_fit: bool = _TOPK["cross_fit"]  # datamodel methods: average with target-train/val swapped
     options: dict[str, Any] = field(default_factory=dict)  # method-specific settings (baselines)
 
     def __post_init__(self) -> None:

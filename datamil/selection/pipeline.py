@@ -8,6 +8,7 @@ launcher jobs (`score_seeds`, one job per seed) and be gathered into one selecti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -194,13 +195,26 @@ def estimate_scores(
     run_dir: Path,
     settings: dict,
     device: str | torch.device = "cpu",
+    cross_fit: bool = False,
 ) -> np.ndarray:
-    """Per-sample scores averaged over proxy seeds (averaging tames the seed noise of one proxy run)."""
+    """Per-sample scores averaged over proxy seeds (averaging tames the seed noise of one proxy run).
+
+    cross_fit: also score with the target demos' roles swapped (the surrogate on target-train, the proxy
+    trained beside target-val) and average both, so the surrogate reads every target demo and no single
+    10-demo split decides the ranking. The swapped runs live in run_dir/cross_fit.
+    """
     if data.target_val.n_episodes == 0:
         raise DatamilError("target-val is empty; hold out at least one target demo (data.n_target_val)")
+    splits = [(data, Path(run_dir))]
+    if cross_fit:
+        if data.target_train.n_episodes == 0:
+            raise DatamilError("cross_fit needs target-train demos to score against; set cross_fit=false")
+        swapped = dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train)
+        splits.append((swapped, Path(run_dir) / "cross_fit"))
+    jobs = [(split, where, s) for split, where in splits for s in seeds]
     runs = [
-        seed_scores(estimate, factory, data, s, run_dir, settings, device)
-        for s in tqdm(seeds, desc="proxy seeds")
+        seed_scores(estimate, factory, split, s, where, settings, device)
+        for split, where, s in tqdm(jobs, desc="proxy runs")
     ]
     return np.mean(runs, axis=0)
 
@@ -219,11 +233,15 @@ def datamodel_scorer(
 
     def scores(active: np.ndarray | None) -> np.ndarray:
         if active is None:
-            per_step = estimate_scores(estimate, factory, data, seeds, run_dir, settings, device)
+            per_step = estimate_scores(
+                estimate, factory, data, seeds, run_dir, settings, device, cfg.cross_fit
+            )
             return per_trajectory(per_step, data.prior, cfg.aggregate)
         subset = TaskData(data.task, data.prior.subset(active), data.target_train, data.target_val)
         round_dir = run_dir / "rounds" / fingerprint({"active": np.asarray(active).tolist()})
-        per_step = estimate_scores(estimate, factory, subset, seeds, round_dir, settings, device)
+        per_step = estimate_scores(
+            estimate, factory, subset, seeds, round_dir, settings, device, cfg.cross_fit
+        )
         out = np.full(data.prior.n_episodes, np.nan)
         out[active] = per_trajectory(per_step, subset.prior, cfg.aggregate)
         return out

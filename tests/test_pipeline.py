@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import partial
 
@@ -66,6 +67,23 @@ def test_selection_resumes_from_saved_scores_and_refuses_other_settings(tiny_tas
             tmp_path,
             {"estimator": "another", "policy": "bc_mlp-32"},
         )
+
+
+def test_cross_fit_averages_both_roles_of_the_target_demos(tiny_task_data, tmp_path):
+    """cross_fit scores each trajectory as the mean of the usual split and the split with target-train
+    and target-val swapped; the swap changes the scores, so the average is not a relabelled copy."""
+    crossed = select(tiny_task_data, tmp_path / "crossed", budget=0.25, cross_fit=True)
+    plain = select(tiny_task_data, tmp_path / "plain", budget=0.25)
+    data = tiny_task_data
+    swapped = select(
+        dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train),
+        tmp_path / "swapped",
+        budget=0.25,
+    )
+    assert plain.scores != swapped.scores
+    for episode, score in crossed.scores.items():
+        assert score == pytest.approx((plain.scores[episode] + swapped.scores[episode]) / 2)
+    assert (tmp_path / "crossed" / "cross_fit" / "scores" / "seed0.npz").is_file()
 
 
 @pytest.mark.parametrize("budget", [0.0, 1.5, -0.1])

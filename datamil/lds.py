@@ -35,7 +35,8 @@ def estimator_kwargs(args: argparse.Namespace) -> dict[str, dict]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m datamil.lds", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--task", help="a MetaWorld target: use the embedded default data (datamil/configs/data/metaworld.yaml)"
+        "--task",
+        help="a MetaWorld target: use the embedded default data (datamil/configs/data/metaworld.yaml)",
     )
     parser.add_argument("--prior", help="prior trajectory store directory (default: synthetic data)")
     parser.add_argument("--target-train", help="target-train store directory (for --include-target-train)")

@@ -46,7 +46,9 @@ def unflatten_params(vector: Tensor, like: Params) -> Params:
     return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
 
 
-POLICIES = ConfigRegistry("policy", "policy")  # datamil/configs/policy/<name>.yaml (_target_: the class) registers it
+POLICIES = ConfigRegistry(
+    "policy", "policy"
+)  # datamil/configs/policy/<name>.yaml (_target_: the class) registers it
 
 
 class Normalizer(nn.Module):

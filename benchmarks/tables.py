@@ -507,7 +507,7 @@ class TestSetSummary:
         float, ...
     ]  # DataMIL minus the best baseline on each (task, seed), in [0, 1] units
     over_all_prior_pairs: tuple[float, ...]
-    reference_over_best: tuple[float, float, float]  # the privileged reference, paired; NaN without one
+    reference_over_best_pairs: tuple[float, ...]  # the privileged reference minus the best; () without one
 
     @property
     def over_best(self) -> tuple[float, float, float]:
@@ -518,6 +518,11 @@ class TestSetSummary:
     def over_all_prior(self) -> tuple[float, float, float]:
         """Paired (mean, low, high) of DataMIL minus all_prior."""
         return mean_interval(self.over_all_prior_pairs)
+
+    @property
+    def reference_over_best(self) -> tuple[float, float, float]:
+        """Paired (mean, low, high) of the privileged reference minus the best baseline (NaN without one)."""
+        return mean_interval(self.reference_over_best_pairs)
 
 
 def summarize_test_set(rows: list[dict], test_set: str, datamil: str) -> TestSetSummary:
@@ -533,12 +538,25 @@ def summarize_test_set(rows: list[dict], test_set: str, datamil: str) -> TestSet
         raise DatamilError(
             f"test set {test_set!r} needs all_prior and at least one baseline beside {datamil}"
         )
-    nan = (float("nan"),) * 3
     reference = next((m for m in methods if parse_method(m).privileged), None)
     return TestSetSummary(
         test_set, datamil, len({(r["task"], r["seed"]) for r in rows}), cell(rows, datamil)[0], best,
         cell(rows, best)[0], tuple(paired_differences(rows, datamil, best)),
-        tuple(paired_differences(rows, datamil, "all_prior")), paired_difference(rows, reference, best) if reference else nan,
+        tuple(paired_differences(rows, datamil, "all_prior")),
+        tuple(paired_differences(rows, reference, best)) if reference else (),
+    )  # fmt: skip
+
+
+def pooled(summaries: Sequence[TestSetSummary]) -> TestSetSummary:
+    """Every set's (task, seed) pairs in one t-interval: a tighter answer than any one set gives. Each set
+    keeps its own best baseline (the strongest by that set's mean), which if anything favours the baselines."""
+    pairs = np.array([s.pairs for s in summaries], np.float64)
+    return TestSetSummary(
+        f"{len(summaries)} sets pooled", ", ".join(sorted({s.datamil for s in summaries})), int(pairs.sum()),
+        float(np.average([s.success for s in summaries], weights=pairs)), "each set's own",
+        float(np.average([s.best_success for s in summaries], weights=pairs)),
+        *(tuple(d for s in summaries for d in getattr(s, f"{name}_pairs"))
+          for name in ("over_best", "over_all_prior", "reference_over_best")),
     )  # fmt: skip
 
 
@@ -582,22 +600,24 @@ def test_sets_markdown(summaries: Sequence[TestSetSummary]) -> str:
 
 
 def pooled_line(summaries: Sequence[TestSetSummary]) -> str:
-    """Every set's (task, seed) pairs in one t-interval: a tighter answer than any one set gives. Each set
-    keeps its own best baseline (the strongest by that set's mean), which if anything favours the baselines."""
-    over_best = [d for s in summaries for d in s.over_best_pairs]
-    over_all_prior = [d for s in summaries for d in s.over_all_prior_pairs]
+    """The pooled answer in one sentence (see `pooled`)."""
+    both = pooled(summaries)
     return (
-        f"Pooled over the {len(summaries)} test sets ({len(over_best)} (task, seed) pairs, each against its own "
-        f"set's best baseline): {difference_text(mean_interval(over_best))} over the best baseline, "
-        f"{difference_text(mean_interval(over_all_prior))} over all_prior."
-    )
+        f"Pooled over the {len(summaries)} test sets ({both.pairs} (task, seed) pairs, each against its own "
+        f"set's best baseline): {difference_text(both.over_best)} over the best baseline, "
+        f"{difference_text(both.over_all_prior)} over all_prior."
+        + (f" The privileged reference, where it ran ({len(both.reference_over_best_pairs)} pairs): "
+           f"{difference_text(both.reference_over_best)} over the best baseline." if both.reference_over_best_pairs else "")
+    )  # fmt: skip
 
 
 def plot_test_sets(summaries: Sequence[TestSetSummary], path: Path) -> Path:
-    """Paired differences with their 95% intervals, one column per test set, and each bar as a line."""
+    """Paired differences with their 95% intervals, one column per test set and one for them all pooled,
+    and each bar as a line."""
     from datamil.report import pyplot, save_figure
 
     plt = pyplot()
+    summaries = [*summaries, pooled(summaries)] if len(summaries) > 1 else list(summaries)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(summaries)), 3.6))
     x = np.arange(len(summaries))
     series = {

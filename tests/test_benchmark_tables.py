@@ -246,7 +246,8 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
         "test_set,runs,datamil\nset a,set_a/runs.csv,metagrad\nset c,set_c/runs.csv,metagrad\n"
     )
     a, c = tables.read_test_sets(listing)
-    pooled = tables.mean_interval(a.over_best_pairs + c.over_best_pairs)
+    pooled = tables.pooled([a, c]).over_best
+    assert pooled == tables.mean_interval(a.over_best_pairs + c.over_best_pairs)
     assert (
         c.pairs < a.pairs and pooled[2] - pooled[1] < a.over_best[2] - a.over_best[1]
     )  # more pairs, tighter

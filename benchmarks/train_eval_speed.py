@@ -365,12 +365,9 @@ def main() -> None:
     parser.add_argument("--image-task", default=None, help="default: --eval-task")
     parser.add_argument("--image-episodes", type=int, default=10)
     parser.add_argument("--image-max-steps", type=int, default=50)  # rendering makes long episodes slow
-    parser.add_argument(
-        "--image-envs", type=int, default=10
-    )  # datamil.evaluate's n_envs (datamil/configs/eval)
-    parser.add_argument(
-        "--image-workers", type=int, default=1
-    )  # datamil.evaluate's workers (datamil/configs/eval)
+    # datamil.evaluate's n_envs and workers (datamil/configs/eval)
+    parser.add_argument("--image-envs", type=int, default=10)
+    parser.add_argument("--image-workers", type=int, default=1)
     parser.add_argument("--image-rounds", type=int, default=3)
     parser.add_argument(
         "--image-threads",

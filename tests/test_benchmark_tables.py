@@ -248,9 +248,8 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
     a, c = tables.read_test_sets(listing)
     pooled = tables.pooled([a, c]).over_best
     assert pooled == tables.mean_interval(a.over_best_pairs + c.over_best_pairs)
-    assert (
-        c.pairs < a.pairs and pooled[2] - pooled[1] < a.over_best[2] - a.over_best[1]
-    )  # more pairs, tighter
+    # more pairs, tighter
+    assert c.pairs < a.pairs and pooled[2] - pooled[1] < a.over_best[2] - a.over_best[1]
     assert (
         f"Pooled over the 2 test sets ({a.pairs + c.pairs} (task, seed) pairs"
         in tables.main([str(listing)])[0].read_text()

@@ -46,9 +46,8 @@ def unflatten_params(vector: Tensor, like: Params) -> Params:
     return {k: x.view_as(v) for (k, v), x in zip(like.items(), vector.split(sizes), strict=True)}
 
 
-POLICIES = ConfigRegistry(
-    "policy", "policy"
-)  # datamil/configs/policy/<name>.yaml (_target_: the class) registers it
+# datamil/configs/policy/<name>.yaml (_target_: the class) registers it
+POLICIES = ConfigRegistry("policy", "policy")
 
 
 class Normalizer(nn.Module):

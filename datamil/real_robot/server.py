@@ -89,9 +89,8 @@ class ServedPolicy:
 
     def reset(self, seed: int) -> None:
         """Reseed the diffusion sampler, so an episode's rollout is reproducible."""
-        self.policy.reset_sampler(
-            int(seed)
-        )  # a no-op for deterministic policies (Policy's chunks capability)
+        # a no-op for deterministic policies (Policy's chunks capability)
+        self.policy.reset_sampler(int(seed))
 
     def handle(self, message: dict) -> dict:
         """The reply to one request; bad requests get an "error" reply, never a dead server."""

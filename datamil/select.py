@@ -61,12 +61,19 @@ def main(cfg: DictConfig) -> None:
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_proxy_seeds))
     if cfg.score_only:
         paths = score_seeds(
-            data, instantiate(cfg.policy), instantiate(cfg.estimator), seeds, run_dir, config, device
+            data,
+            instantiate(cfg.policy),
+            instantiate(cfg.estimator),
+            seeds,
+            run_dir,
+            config,
+            device,
+            selection_cfg.cross_fit,
         )
         print(f"wrote {', '.join(map(str, paths))}; once every seed is scored, run with gather=true")
         return
     if cfg.gather:
-        check_seed_files(run_dir, seeds, score_settings(config, data))
+        check_seed_files(run_dir, seeds, score_settings(config, data), selection_cfg.cross_fit)
     selection = run_selection(
         data,
         instantiate(cfg.policy),

@@ -16,7 +16,13 @@ from datamil.datamodels.proxy import ProxyConfig, smooth_optim
 from datamil.errors import DatamilError
 from datamil.policies.mlp import MLPPolicy
 from datamil.selection import SelectionConfig, read_selection
-from datamil.selection.pipeline import run_selection
+from datamil.selection.pipeline import (
+    check_seed_files,
+    run_selection,
+    score_path,
+    score_seeds,
+    score_settings,
+)
 from datamil.training.cotraining import build_mixture
 
 
@@ -84,6 +90,29 @@ def test_cross_fit_averages_both_roles_of_the_target_demos(tiny_task_data, tmp_p
     for episode, score in crossed.scores.items():
         assert score == pytest.approx((plain.scores[episode] + swapped.scores[episode]) / 2)
     assert (tmp_path / "crossed" / "cross_fit" / "scores" / "seed0.npz").is_file()
+
+
+def test_cross_fit_fans_out_both_splits_and_a_gather_needs_both(tiny_task_data, tmp_path):
+    """score_seeds (a score_only job) writes both splits' files; a gather from them equals one process,
+    and a gather missing the swapped split's file is refused on one line."""
+    factory = partial(MLPPolicy, hidden=(32, 32))
+    config = {"estimator": "metagrad-tiny", "policy": "bc_mlp-32"}
+    paths = score_seeds(
+        tiny_task_data, factory, tiny_estimator(), [0], tmp_path / "jobs", config, cross_fit=True
+    )
+    assert paths == [score_path(tmp_path / "jobs", 0), score_path(tmp_path / "jobs" / "cross_fit", 0)]
+    settings = score_settings(config, tiny_task_data)
+    check_seed_files(tmp_path / "jobs", [0], settings, cross_fit=True)
+    gathered = select(tiny_task_data, tmp_path / "jobs", estimate=refuse, budget=0.25, cross_fit=True)
+    single = select(tiny_task_data, tmp_path / "single", budget=0.25, cross_fit=True)
+    assert gathered.scores == single.scores
+    paths[1].unlink()
+    with pytest.raises(DatamilError, match="seeds 0 have no score file"):
+        check_seed_files(tmp_path / "jobs", [0], settings, cross_fit=True)
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("a gather trained a proxy")
 
 
 @pytest.mark.parametrize("budget", [0.0, 1.5, -0.1])

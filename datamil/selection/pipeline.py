@@ -33,6 +33,7 @@ from datamil.training.cotraining import state_mismatch
 
 # (policy, prior store, target-val store, rng_seed=..., target_train_store=...) -> (N_prior_steps,) scores
 EstimateFn = Callable[..., np.ndarray]
+CROSS_FIT_DIR = "cross_fit"  # where a run's scores with target-train and target-val swapped live
 CONSTANT_SPREAD = 1e-6  # a state dimension whose max - min is at most this is constant (the normalizer's eps)
 logger = logging.getLogger(__name__)
 
@@ -90,22 +91,41 @@ def score_seeds(
     run_dir: Path,
     config: dict,
     device: str | torch.device = "cpu",
+    cross_fit: bool = False,
 ) -> list[Path]:
-    """One fan-out job (`score_only=true`): write these seeds' score files in run_dir, select nothing."""
+    """One fan-out job (`score_only=true`): write these seeds' score files in run_dir (and, with cross_fit,
+    in run_dir/cross_fit), select nothing."""
     if data.target_val.n_episodes == 0:
         raise DatamilError("target-val is empty; hold out at least one target demo (data.n_target_val)")
     check_states(data, factory)
     settings = score_settings(config, data)
-    for seed in seeds:
-        seed_scores(estimate, factory, data, seed, Path(run_dir), settings, device)
-    return [score_path(run_dir, seed) for seed in seeds]
+    paths = []
+    for split, where in score_splits(data, Path(run_dir), cross_fit):
+        for seed in seeds:
+            seed_scores(estimate, factory, split, seed, where, settings, device)
+            paths.append(score_path(where, seed))
+    return paths
 
 
-def check_seed_files(run_dir: Path, seeds: list[int], settings: dict) -> None:
-    """Refuse, on one line, a gather whose score files are missing, unreadable or made with other settings."""
+def score_splits(data: TaskData, run_dir: Path, cross_fit: bool) -> list[tuple[TaskData, Path]]:
+    """The (data, directory) pairs a selection's proxies are scored on: the data as given in run_dir, and
+    with cross_fit also target-train and target-val swapped in run_dir/cross_fit."""
+    splits = [(data, Path(run_dir))]
+    if cross_fit:
+        if data.target_train.n_episodes == 0:
+            raise DatamilError("cross_fit needs target-train demos to score against; set cross_fit=false")
+        swapped = dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train)
+        splits.append((swapped, Path(run_dir) / CROSS_FIT_DIR))
+    return splits
+
+
+def check_seed_files(run_dir: Path, seeds: list[int], settings: dict, cross_fit: bool = False) -> None:
+    """Refuse, on one line, a gather whose score files are missing, unreadable or made with other settings
+    (with cross_fit, those of both splits)."""
     missing, foreign, unreadable = [], [], []
-    for seed in seeds:
-        path = score_path(run_dir, seed)
+    wheres = [Path(run_dir), Path(run_dir) / CROSS_FIT_DIR] if cross_fit else [Path(run_dir)]
+    for where, seed in ((where, seed) for where in wheres for seed in seeds):
+        path = score_path(where, seed)
         if not path.is_file():
             missing.append(seed)
             continue
@@ -129,7 +149,7 @@ def check_seed_files(run_dir: Path, seeds: list[int], settings: dict) -> None:
 
 
 def _listed(seeds: list[int]) -> str:
-    return ", ".join(str(s) for s in seeds)
+    return ", ".join(str(s) for s in dict.fromkeys(seeds))  # a seed missing from both splits is named once
 
 
 def check_scores(scores: np.ndarray) -> np.ndarray:
@@ -205,13 +225,7 @@ def estimate_scores(
     """
     if data.target_val.n_episodes == 0:
         raise DatamilError("target-val is empty; hold out at least one target demo (data.n_target_val)")
-    splits = [(data, Path(run_dir))]
-    if cross_fit:
-        if data.target_train.n_episodes == 0:
-            raise DatamilError("cross_fit needs target-train demos to score against; set cross_fit=false")
-        swapped = dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train)
-        splits.append((swapped, Path(run_dir) / "cross_fit"))
-    jobs = [(split, where, s) for split, where in splits for s in seeds]
+    jobs = [(split, where, s) for split, where in score_splits(data, Path(run_dir), cross_fit) for s in seeds]
     runs = [
         seed_scores(estimate, factory, split, s, where, settings, device)
         for split, where, s in tqdm(jobs, desc="proxy runs")

@@ -121,7 +121,7 @@ def test_refine_keeps_the_best_scored_of_the_retrieval_pool(tiny_task_data):
 
     cfg = SelectionConfig(method="refine", budget=0.25, pool_share=0.5, rounds=1, keep_share=0.25)
     scores, chosen = SELECTION_METHODS.get("refine")(SelectionRequest(tiny_task_data, cfg, 0, scorer))
-    _, pool = SELECTION_METHODS.get("action_similarity")(request(tiny_task_data, "action_similarity", 0.5))
+    _, pool = SELECTION_METHODS.get(cfg.pool_method)(request(tiny_task_data, cfg.pool_method, 0.5))
     np.testing.assert_array_equal(asked[0], pool)  # one round, estimated around the pool only
     k = max(1, round(0.25 * n))
     assert len(chosen) == k and set(chosen) <= set(pool)

@@ -503,9 +503,8 @@ class TestSetSummary:
     success: float  # DataMIL's mean success over the pairs every method finished, in [0, 1]
     best: str
     best_success: float
-    over_best_pairs: tuple[
-        float, ...
-    ]  # DataMIL minus the best baseline on each (task, seed), in [0, 1] units
+    # DataMIL minus the best baseline on each (task, seed), in [0, 1] units
+    over_best_pairs: tuple[float, ...]
     over_all_prior_pairs: tuple[float, ...]
     reference_over_best_pairs: tuple[float, ...]  # the privileged reference minus the best; () without one
 

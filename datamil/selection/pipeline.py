@@ -110,21 +110,24 @@ def score_seeds(
 def score_splits(data: TaskData, run_dir: Path, cross_fit: bool) -> list[tuple[TaskData, Path]]:
     """The (data, directory) pairs a selection's proxies are scored on: the data as given in run_dir, and
     with cross_fit also target-train and target-val swapped in run_dir/cross_fit."""
-    splits = [(data, Path(run_dir))]
-    if cross_fit:
-        if data.target_train.n_episodes == 0:
-            raise DatamilError("cross_fit needs target-train demos to score against; set cross_fit=false")
-        swapped = dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train)
-        splits.append((swapped, Path(run_dir) / CROSS_FIT_DIR))
-    return splits
+    if not cross_fit:
+        return [(data, Path(run_dir))]
+    if data.target_train.n_episodes == 0:
+        raise DatamilError("cross_fit needs target-train demos to score against; set cross_fit=false")
+    swapped = dataclasses.replace(data, target_train=data.target_val, target_val=data.target_train)
+    return list(zip((data, swapped), score_dirs(run_dir, cross_fit), strict=True))
+
+
+def score_dirs(run_dir: Path, cross_fit: bool) -> list[Path]:
+    """Where a selection's score files live: run_dir, and with cross_fit also run_dir/cross_fit."""
+    return [Path(run_dir), Path(run_dir) / CROSS_FIT_DIR] if cross_fit else [Path(run_dir)]
 
 
 def check_seed_files(run_dir: Path, seeds: list[int], settings: dict, cross_fit: bool = False) -> None:
     """Refuse, on one line, a gather whose score files are missing, unreadable or made with other settings
     (with cross_fit, those of both splits)."""
     missing, foreign, unreadable = [], [], []
-    wheres = [Path(run_dir), Path(run_dir) / CROSS_FIT_DIR] if cross_fit else [Path(run_dir)]
-    for where, seed in ((where, seed) for where in wheres for seed in seeds):
+    for where, seed in ((where, seed) for where in score_dirs(run_dir, cross_fit) for seed in seeds):
         path = score_path(where, seed)
         if not path.is_file():
             missing.append(seed)

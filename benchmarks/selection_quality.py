@@ -19,8 +19,9 @@ Writes into the output directory: runs.csv (one row per run), composition.csv (p
 trajectories and successes per source task), results.md (tables: success, paired differences, the bar,
 surrogate vs success, composition; `python benchmarks/tables.py` rebuilds them from runs.csv), success.png
 and config.yaml. `--pilot` runs `pilot.method` (target_only unless set) at `pilot.seed` on the preset's
-`test_candidates` and writes pilot.csv and pilot.md (which candidates the `pilot` rule makes test tasks, and
-dev tasks when it asks for them), resumable the same way.
+`test_candidates` (at `pilot.budget` and on the data draw `pilot.data_seed` where set) and writes pilot.csv
+and pilot.md (which candidates the `pilot` rule makes test tasks, and dev tasks when it asks for them),
+resumable the same way.
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
@@ -564,6 +565,11 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
             f"pilot.seed={pilot_seed} is one of the benchmark's seeds; give the pilot its own seed"
         )
     OmegaConf.update(cfg, "seeds", [pilot_seed])
+    # pilot.budget: the pilot method's own budget (a retrieval baseline at DataMIL's size); pilot.data_seed: its
+    # own draw of the data, so a task picked for a low pilot score is measured afresh by every method
+    for key, target in (("budget", "budget"), ("data_seed", "data.seed")):
+        if rule.get(key) is not None:
+            OmegaConf.update(cfg, target, rule[key])
     OmegaConf.update(cfg, "output_dir", str(Path(cfg.output_dir) / "pilot"))
     if cfg.get("resume_from"):  # the committed pilot.csv beside the committed runs.csv
         OmegaConf.update(cfg, "resume_from", str(Path(cfg.resume_from).with_name("pilot.csv")))

@@ -494,6 +494,13 @@ def test_tiny_selection_quality_benchmark(bench, tmp_path):
     assert (tmp_path / "out" / "composition.csv").is_file()
     with pytest.raises(DatamilError, match="pilot.seed"):
         bench.main(["--preset", "tiny", "--pilot", *overrides, *pilot, "+pilot.seed=0"])
+    # a retrieval baseline as the pilot, at its own budget and on its own draw of the data
+    own = ["+pilot.method=action_similarity", "+pilot.budget=0.25", "+pilot.data_seed=3"]
+    own_dir = [o for o in overrides if not o.startswith("output_dir=")] + [f"output_dir={tmp_path / 'own'}"]
+    (picked,) = bench.main(["--preset", "tiny", "--pilot", *own_dir, *pilot, *own])
+    assert picked["method"] == "action_similarity" and picked["budget"] == 0.25
+    assert picked["n_selected"] == picked["budget_count"] == round(0.25 * picked["n_prior"])
+    assert OmegaConf.load(tmp_path / "own" / "pilot" / "config.yaml").data.seed == 3
 
 
 def test_committed_runs_resume_a_fresh_checkout(bench, tmp_path):

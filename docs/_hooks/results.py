@@ -18,5 +18,7 @@ def on_files(files: Files, config) -> Files:
     for md in sorted(RESULTS.rglob("*.md")):
         rel = md.relative_to(RESULTS)
         source = f"*Generated from `benchmarks/results/{rel.as_posix()}`; rebuild with `python benchmarks/tables.py`.*"
-        files.append(File.generated(config, f"results/{rel.as_posix()}", content=f"{source}\n\n{md.read_text()}"))
+        files.append(
+            File.generated(config, f"results/{rel.as_posix()}", content=f"{source}\n\n{md.read_text()}")
+        )
     return files

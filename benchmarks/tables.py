@@ -418,6 +418,14 @@ def pilot_markdown(rows: list[dict]) -> str:
     ]  # fmt: skip
     lines = markdown_table(header, cells)
     chosen = [r["task"] for r in rows if r["test_task"] == "yes"]
+    if rows:  # how much room the pilot method leaves on the candidates as a whole
+        mean = float(np.mean([r["success_rate"] for r in rows]))
+        n_qualify = sum(r["qualifies"] == "yes" for r in rows)
+        lines += [
+            "",
+            f"{n_qualify} of {len(rows)} candidates qualify. {method} averages {100 * mean:.1f}% over the candidates:"
+            f" a policy at 100% on every one would be {100 * (1 - mean):+.1f} points above it.",
+        ]
     lines += ["", f"test_tasks: [{', '.join(chosen)}]"]
     if with_dev:
         lines.append(f"dev_tasks: [{', '.join(r['task'] for r in rows if r['dev_task'] == 'yes')}]")

@@ -137,9 +137,11 @@ def test_pilot_rule_takes_the_first_five_below_80_percent(tables):
     picked = tables.pilot_pick(rows, 0.8, 5)
     assert [r["qualifies"] for r in picked] == ["no", "yes", "yes", "no", "yes", "yes", "yes", "yes"]
     assert [r["task"][-2:] for r in picked if r["test_task"] == "yes"] == ["c1", "c2", "c4", "c5", "c6"]
-    assert "test_tasks: [metaworld/c1, metaworld/c2, metaworld/c4, metaworld/c5, metaworld/c6]" in (
-        tables.pilot_markdown(picked)
-    )
+    text = tables.pilot_markdown(picked)
+    assert "test_tasks: [metaworld/c1, metaworld/c2, metaworld/c4, metaworld/c5, metaworld/c6]" in text
+    # the room the pilot method leaves: its mean over the candidates, 100% minus that
+    assert "6 of 8 candidates qualify. target_only averages 44.9% over the candidates" in text
+    assert "a policy at 100% on every one would be +55.1 points above it." in text
 
 
 def test_pilot_rule_alternates_test_and_dev_tasks_until_both_are_filled(tables):

@@ -110,3 +110,25 @@ def test_target_demos_fail_loudly_when_the_expert_cannot_succeed() -> None:
         DatamilError, match="target demos of 'metaworld/pick-place-wall' succeeded in 3 attempts"
     ):
         generate_target_demos("metaworld/pick-place-wall", 2, seed=0, max_steps=3, max_attempts=3)
+
+
+def test_a_prior_without_the_target_is_the_shared_prior_less_its_episodes(tmp_path) -> None:
+    """target_in_prior=false reads the one cache of the prior with the target and drops the target's episodes:
+    the same episodes and statistics as generating the other tasks alone, and one cache for every target."""
+    from dataclasses import asdict
+
+    from conftest import tiny_source
+
+    small = dict(episodes_per_task=2, max_steps=40, n_target_demos=3, n_target_val=1)
+    source = tiny_source(str(tmp_path / "cache"), target_in_prior=False, **small)
+    for target in ("metaworld/reach", "metaworld/push"):
+        prior = source.load(target).prior
+        assert target not in set(prior.episodes.task) and prior.n_episodes == 4
+    assert len(list((tmp_path / "cache" / "metaworld").glob("prior-*"))) == 1  # generated once, for both
+    without = source._prior("metaworld/reach", tmp_path / "cache")
+    alone = source._generated_prior(["metaworld/button-press", "metaworld/push"], tmp_path / "alone")
+    assert without.episodes.episode_id == alone.episodes.episode_id
+    assert all(np.array_equal(without.arrays[name], alone.arrays[name]) for name in alone.arrays)
+    for name, stats in alone.stats["metaworld"].items():
+        ours = asdict(without.stats["metaworld"][name])
+        assert all(np.allclose(ours[k], v) for k, v in asdict(stats).items()), name

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from datamil.data.cache import cache_key, cached_store, default_cache_dir, files_fingerprint
 from datamil.data.mixture import check_labels, common_layout, drop_state, prior_entries, write_mixture
 from datamil.data.normalization import ActingNormalization, check_mode, group_stats, normalize_store
@@ -147,9 +149,19 @@ class MetaWorldSource:
         return tasks
 
     def _prior(self, task: str, root: Path) -> TrajectoryStore:
+        """The prior's store. An episode depends only on its (task, seed, index), so a prior without the
+        target is the prior with it less the target's episodes: every target of one task list reads one
+        cache (the full 8,250-trajectory prior is generated once, not once per target)."""
+        tasks = self.prior_task_list(task)
+        store = self._generated_prior(sorted({*tasks, task}), root)
+        if task in tasks:
+            return store
+        others = np.flatnonzero(np.asarray(store.episodes.task) != task)
+        return TrajectoryStore.concat([store.subset(others)])  # statistics over the kept episodes only
+
+    def _generated_prior(self, tasks: list[str], root: Path) -> TrajectoryStore:
         from datamil.sim_tasks.generate import generate_episodes
 
-        tasks = self.prior_task_list(task)
         config = {
             "kind": "prior",
             "tasks": sorted(tasks),

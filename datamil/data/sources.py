@@ -156,8 +156,9 @@ class MetaWorldSource:
         store = self._generated_prior(sorted({*tasks, task}), root)
         if task in tasks:
             return store
-        others = np.flatnonzero(np.asarray(store.episodes.task) != task)
-        return TrajectoryStore.concat([store.subset(others)])  # statistics over the kept episodes only
+        kept = store.subset(np.flatnonzero(np.asarray(store.episodes.task) != task))
+        # rebuilt from its parts, not copied again: statistics over the kept episodes only
+        return TrajectoryStore(kept.arrays, kept.offsets, kept.episodes)
 
     def _generated_prior(self, tasks: list[str], root: Path) -> TrajectoryStore:
         from datamil.sim_tasks.generate import generate_episodes

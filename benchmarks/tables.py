@@ -501,6 +501,12 @@ def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:
 TEST_SET_FIELDS = ("test_set", "runs", "datamil")  # test_sets.csv: a label, a runs.csv (relative), a method
 
 
+def is_set_listing(csv_path: Path) -> bool:
+    """A listing of test sets is any `*test_sets.csv` (test_sets.csv: the issue's setting, the target inside
+    the prior; new_task_test_sets.csv: the target out of it), so each setting is summarized and pooled alone."""
+    return csv_path.name.endswith("test_sets.csv")
+
+
 @dataclass(frozen=True)
 class TestSetSummary:
     """One DataMIL method on one test set, against that set's best baseline, all_prior and reference."""
@@ -647,12 +653,12 @@ def plot_test_sets(summaries: Sequence[TestSetSummary], path: Path) -> Path:
 
 def regenerate(csv_path: Path) -> Path:
     """Write results.md and success.png (runs.csv), results.md (a CSV of OWN_LAYOUT), pilot.md (pilot.csv),
-    test_sets.md and test_sets.png (test_sets.csv) or <name>.md (any other CSV) next to the CSV."""
+    <name>.md and <name>.png (a `*test_sets.csv` listing) or <name>.md (any other CSV) next to the CSV."""
     if csv_path.name in OWN_LAYOUT:
         return load_script(Path(__file__).with_name(f"{OWN_LAYOUT[csv_path.name]}.py")).write_results_md(
             csv_path
         )
-    if csv_path.name == "test_sets.csv":
+    if is_set_listing(csv_path):
         summaries = read_test_sets(csv_path)
         plot_test_sets(summaries, csv_path.with_suffix(".png"))
         return atomic_write_text(csv_path.with_suffix(".md"), test_sets_markdown(summaries))

@@ -256,6 +256,11 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
         f"Pooled over the 2 test sets ({a.pairs + c.pairs} (task, seed) pairs"
         in tables.main([str(listing)])[0].read_text()
     )
+    other_setting = tmp_path / "new_task_test_sets.csv"  # a second listing, summarized alone
+    other_setting.write_text("test_set,runs,datamil\nset c,set_c/runs.csv,metagrad\n")
+    (written,) = tables.main([str(other_setting)])
+    assert written == tmp_path / "new_task_test_sets.md" and f"| set c | {c.pairs} |" in written.read_text()
+    assert (tmp_path / "new_task_test_sets.png").stat().st_size > 0
     listing.write_text("test_set,runs,datamil\nset b,set_b/runs.csv,metagrad\n")
     with pytest.raises(DatamilError, match="set_b/runs.csv does not exist; commit that run or drop its row"):
         tables.read_test_sets(listing)

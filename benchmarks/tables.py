@@ -640,6 +640,8 @@ def plot_test_sets(summaries: Sequence[TestSetSummary], path: Path) -> Path:
     }
     for j, (name, (field, color, bar)) in enumerate(series.items()):
         diff = 100 * np.array([getattr(s, field) for s in summaries])
+        if np.isnan(diff[:, 0]).all():  # no set ran a privileged reference (a new task has no same-task data)
+            continue
         err = np.abs(diff[:, 1:] - diff[:, :1]).T
         ax.errorbar(x + (j - 1) * 0.2, diff[:, 0], yerr=err, fmt="o", color=color, capsize=3, label=name)
         if bar is not None:

@@ -25,7 +25,7 @@ resumable the same way.
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
-seed). Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
+seed), `metagrad_refine|all_prior` = whichever of those two co-trained policies has the lower surrogate. Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
 
 Several estimators in one run: the preset's `estimator` (named `estimator_name`) plus any config-group
 estimator added under `estimators`, e.g.
@@ -107,13 +107,17 @@ class Plan:
         self.estimators = self.estimators or {self.estimator_name: (self.estimator, self.config["estimator"])}
 
 
-def committed_rows(path: str | None) -> dict[tuple[str, str, int], dict]:
+def committed_rows(paths: str | Sequence[str] | None) -> dict[tuple[str, str, int], dict]:
     """Finished runs committed to the repository (a runs.csv and the composition.csv beside it), keyed by
     (task, method, seed): a fresh checkout resumes a long benchmark where the last commit left it, instead
-    of re-running what an earlier session finished. A relative path is taken from the repository root."""
-    if not path:
+    of re-running what an earlier session finished. Several paths add up (a later one wins a shared key), so a
+    development round can take over runs committed by two earlier directories. A relative path is taken from
+    the repository root."""
+    if not paths:
         return {}
-    csv_path = Path(path) if Path(path).is_absolute() else Path(__file__).resolve().parents[1] / path
+    if not isinstance(paths, str):
+        return {key: row for path in paths for key, row in committed_rows(path).items()}
+    csv_path = Path(paths) if Path(paths).is_absolute() else Path(__file__).resolve().parents[1] / paths
     if not csv_path.is_file():
         return {}
     parts: dict[tuple, dict] = {}
@@ -144,6 +148,12 @@ def check_methods(methods: Sequence[str], estimator_names: str | Sequence[str]) 
         estimator_names = [estimator_names]
     for name in methods:
         spec = parse_method(name)
+        missing = [c for c in spec.candidates if c not in methods]
+        if missing:
+            raise DatamilError(
+                f"method {name!r} chooses among runs the method list lacks ({', '.join(missing)}); list them "
+                "too, so the table shows every candidate the choice co-trained"
+            )
         for part in (spec, parse_method(spec.size_from)) if spec.size_from else (spec,):
             if part.datamodel and (part.estimator or estimator_names[0]) not in estimator_names:
                 raise DatamilError(
@@ -375,6 +385,13 @@ def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
     if row is not None:
         return row
     done = row_path(plan.out, data.task, method, seed)
+    candidates = parse_method(method).candidates
+    if (
+        candidates
+    ):  # a choice trains nothing of its own: its candidates' runs are the co-trainings it compares
+        row = tables.choose_by_surrogate(method, [run_one(plan, data, c, seed) for c in candidates])
+        atomic_write_text(done, json.dumps(row))
+        return row
     cpu = time.process_time()  # CPU seconds: a cost estimate that survives a busy machine
     selection, select_s = select(plan, data, method, seed)
     row = train_and_evaluate(plan, data, method, seed, selection)

@@ -13,7 +13,12 @@ Method names (the benchmark's `methods` list) are specs:
   (topk | threshold | iterative | refine) on that estimator's scores;
 - any other registered selection method (`random`, `strap`, `deminf`, ...): a baseline at the budget;
 - `<spec>@<reference>` (e.g. `random@metagrad_threshold`): the spec with its budget set to the number of
-  trajectories the reference selected for the same (task, seed): a size-matched comparison.
+  trajectories the reference selected for the same (task, seed): a size-matched comparison;
+- `<spec>|<spec>|...` (e.g. `metagrad_refine|metagrad|all_prior`): a choice among candidate selections made
+  after co-training. Each candidate is co-trained as it is alone (the same runs), and the policy whose
+  surrogate (action loss on target-val) is lowest is kept: DataMIL's surrogate measured on the co-trained
+  policy instead of predicted by a datamodel. It is a DataMIL variant when every candidate is a datamodel
+  selection or one of the ranking's two ends (all_prior, target_only), and a baseline otherwise.
 """
 
 from __future__ import annotations
@@ -39,14 +44,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CSV_FIELDS = (
     "task", "method", "seed", "success_rate", "ci_low", "ci_high", "n_episodes", "surrogate_loss",
     "n_prior", "n_selected", "selected_success", "selected_target_task", "select_s", "train_s", "eval_s", "cpu_s",
-    "n_target_train", "n_target_val", "budget", "budget_count", "size_from", "cotrain_steps",
+    "n_target_train", "n_target_val", "budget", "budget_count", "size_from", "cotrain_steps", "chosen",
 )  # fmt: skip
 PILOT_FIELDS = (*CSV_FIELDS, "qualifies", "test_task", "dev_task")
 INT_FIELDS = {"seed", "n_episodes", "n_prior", "n_selected", "selected_success", "selected_target_task"}
 INT_FIELDS |= {"n_target_train", "n_target_val", "budget_count", "cotrain_steps"}
-TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task", "dev_task"}
+TEXT_FIELDS = {"task", "method", "size_from", "qualifies", "test_task", "dev_task", "chosen"}
 SELF_SIZED = UNRANKED_METHODS | {"threshold"}  # methods that choose their own size: the budget does not apply
 PRIVILEGED = frozenset({"same_task_success"})  # references that read labels no method has: never a baseline
+RANKING_ENDS = frozenset({"all_prior", "target_only"})  # every datamodel ranking's largest and smallest cut
+CHOICE = "choice"  # MethodSpec.method of a `a|b|...` spec: no selection method of its own runs
 DATAMIL_LABELS = {"topk": "DataMIL top-k", "threshold": "DataMIL, size by the datamodel", "iterative": "DataMIL, iterative pruning", "refine": "DataMIL inside a retrieval pool"}  # fmt: skip
 BAR = {"best baseline": 10, "all_prior": 15}  # points DataMIL must gain over each
 
@@ -60,9 +67,15 @@ class MethodSpec:
     method: str  # the SELECTION_METHODS name that runs, e.g. "random" or "threshold"
     estimator: str | None  # datamodel methods: the estimator the spec names (None: the config's)
     size_from: str | None  # size-matched: the spec whose selection count is this run's budget
+    candidates: tuple[str, ...] = ()  # a choice (`a|b`): the specs co-trained, the lowest surrogate kept
 
     @property
     def datamodel(self) -> bool:
+        if self.candidates:
+            parts = [parse_method(c) for c in self.candidates]
+            return any(p.datamodel for p in parts) and all(
+                p.datamodel or p.name in RANKING_ENDS for p in parts
+            )
         return self.method in DATAMODEL_METHODS
 
     @property
@@ -76,7 +89,7 @@ class MethodSpec:
 
     @property
     def self_sized(self) -> bool:
-        return self.method in SELF_SIZED
+        return self.method in SELF_SIZED or bool(self.candidates)
 
 
 def _parse_base(name: str) -> tuple[str, str | None]:
@@ -97,6 +110,8 @@ def _parse_base(name: str) -> tuple[str, str | None]:
 
 def parse_method(name: str) -> MethodSpec:
     """A method spec (see the module docstring) as a MethodSpec; a bad spec fails on one line."""
+    if "|" in name:
+        return _parse_choice(name)
     base, at, ref = name.partition("@")
     method, estimator = _parse_base(base)
     if at and (not ref or "@" in ref):
@@ -110,9 +125,45 @@ def parse_method(name: str) -> MethodSpec:
     return MethodSpec(name, method, estimator, ref or None)
 
 
+def _parse_choice(name: str) -> MethodSpec:
+    """`a|b|...`: two or more distinct plain or size-matched specs (`@` binds tighter than `|`, so nothing
+    is size-matched to a choice: each candidate's own size-matched runs already compare at its size)."""
+    candidates = tuple(name.split("|"))
+    if len(candidates) < 2 or len(set(candidates)) < len(candidates) or "" in candidates:
+        raise DatamilError(
+            f"method {name!r}: a choice needs two or more distinct candidates, e.g. metagrad_refine|all_prior"
+        )
+    for candidate in candidates:
+        parse_method(candidate)
+    return MethodSpec(name, CHOICE, None, None, candidates)
+
+
+def choose_by_surrogate(name: str, candidate_rows: Sequence[dict]) -> dict:
+    """The row of choice `name` from its candidates' rows of one (task, seed): the candidate whose co-trained
+    policy has the lowest surrogate, with its success. The cost columns add up every candidate's, since a
+    user of the choice pays for every co-training (and here every evaluation too: an upper bound)."""
+    if not candidate_rows:
+        raise DatamilError(f"method {name!r}: no candidate runs to choose from")
+    chosen = min(candidate_rows, key=lambda r: float(r["surrogate_loss"]))
+    costs = {k: sum(float(r.get(k) or 0.0) for r in candidate_rows) for k in ("select_s", "train_s", "cpu_s")}
+    return (
+        chosen
+        | costs
+        | {"method": name, "chosen": chosen["method"]}
+        | dict.fromkeys(("budget", "budget_count", "size_from"), "")
+    )
+
+
 def label(name: str) -> str:
     """How the tables name a method: DataMIL variants and size-matched runs say what they are."""
     spec = parse_method(name)
+    if spec.candidates:
+        kind = (
+            "DataMIL, size chosen by the co-trained surrogate"
+            if spec.datamodel
+            else "lowest co-trained surrogate"
+        )
+        return f"{name} ({kind})"
     if spec.size_from:
         return f"{name.partition('@')[0]}, size-matched to {spec.size_from}"
     if spec.privileged:
@@ -319,7 +370,9 @@ def headroom_line(rows: list[dict]) -> str:
 
 def surrogate_correlation(rows: list[dict]) -> str:
     """Does the rollout-free surrogate track success? Spearman over all runs, and within each task (the
-    pooled number mixes tasks whose losses live on different scales)."""
+    pooled number mixes tasks whose losses live on different scales). A choice's row repeats the policy of
+    the candidate it kept, so it is left out rather than counted twice."""
+    rows = [r for r in rows if not r.get("chosen")]
     loss = np.array([r["surrogate_loss"] for r in rows])
     success = np.array([r["success_rate"] for r in rows])
 
@@ -376,12 +429,26 @@ def results_markdown(rows: list[dict]) -> str:
         "## Paired differences (points): DataMIL minus each method, 95% t-interval over (task, seed) pairs",
         paired_table(rows, methods), "", "## The bar", bar_check(rows, methods), "",
         "## Surrogate loss vs success", surrogate_correlation(rows), "",
-        "## What was selected", composition_table(rows, methods), "",
+        "## What was selected", composition_table(rows, methods), "", *choices_lines(rows), 
         f"Mean seconds per run (fresh runs only): select {timing['select_s']:.1f}, "
         f"co-train {timing['train_s']:.1f}, evaluate {timing['eval_s']:.1f}; CPU seconds per run "
         f"{timing['cpu_s']:.1f} (wall time on a shared machine overstates the cost).",
     ]  # fmt: skip
     return "\n".join(text) + "\n"
+
+
+def choices_lines(rows: list[dict]) -> list[str]:
+    """What each choice (`a|b`) kept, per candidate over the (task, seed) pairs, and the success of each pick:
+    whether the co-trained surrogate picks well is the question a choice stands on."""
+    lines = []
+    for method in dict.fromkeys(r["method"] for r in rows if r.get("chosen")):
+        picks: dict[str, list[float]] = {}
+        for r in rows:
+            if r["method"] == method:
+                picks.setdefault(r["chosen"], []).append(100 * r["success_rate"])
+        kept = ", ".join(f"{c} {len(v)} (mean success {np.mean(v):.0f})" for c, v in sorted(picks.items()))
+        lines.append(f"- {method} kept: {kept}")
+    return ["## What each choice kept (lowest co-trained surrogate)", *lines, ""] if lines else []
 
 
 # ------------------------------------------------------------------------------------ the pilot

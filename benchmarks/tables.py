@@ -2,6 +2,7 @@
 
     python benchmarks/tables.py                         # every CSV under benchmarks/results/
     python benchmarks/tables.py path/to/runs.csv ...    # or these
+    python benchmarks/tables.py --pool out/runs.csv a/runs.csv b/runs.csv   # disjoint runs as one table
 
 Writes results.md and success.png next to each runs.csv (and pilot.md next to each pilot.csv) and prints
 the tables. The benchmark (selection_quality.py) writes its results.md with the same functions, so a
@@ -177,8 +178,10 @@ def datamil_variants(methods: Sequence[str]) -> list[str]:
 
 
 def compared_with(methods: Sequence[str], datamil: str) -> list[str]:
-    """What a DataMIL variant is compared with: every plain method, and the runs size-matched to it."""
-    return [m for m in methods if m != datamil and parse_method(m).size_from in (None, datamil)]
+    """What a DataMIL variant is compared with: every plain method, and the runs size-matched to it. A choice
+    keeps one of its candidates' selections, so the runs size-matched to any candidate compare with it too."""
+    sizes = (None, datamil, *parse_method(datamil).candidates)
+    return [m for m in methods if m != datamil and parse_method(m).size_from in sizes]
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -767,13 +770,46 @@ def paired_across(a: str, b: str) -> str:
     return f"{a} minus {b}: {difference_text(diff)}"
 
 
+def pool_runs(parts: Sequence[Path], out: Path) -> Path:
+    """One runs.csv (and composition.csv) from several, then its results.md: a development round spread over
+    output directories that cannot share one (other data draws or refine options), read as one table. A
+    (task, seed) pair may come from one part only, so no pair is counted twice; the output is derived, and the
+    same command rebuilds it from the committed parts."""
+    rows, compositions, owner = [], [], {}
+    for i, part in enumerate(parts):
+        if not part.is_file():
+            raise DatamilError(f"{part} does not exist; run or commit that part first")
+        for r in read_rows(part):
+            pair = (r["task"], r["seed"])
+            if owner.setdefault(pair, i) != i:
+                raise DatamilError(
+                    f"{r['task']} seed {r['seed']} is in both {parts[owner[pair]]} and {part}; pool disjoint pairs"
+                )
+            rows.append(r)
+        if part.with_name("composition.csv").is_file():
+            with open(part.with_name("composition.csv"), newline="") as f:
+                compositions += list(csv.DictReader(f))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if compositions:
+        write_csv(compositions, out.with_name("composition.csv"), list(compositions[0]))
+    write_csv(rows, out)
+    return regenerate(out)
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("csvs", nargs="*", type=Path, help="runs.csv / pilot.csv files (default: all under benchmarks/results)")  # fmt: skip
     parser.add_argument("--paired", nargs=2, metavar="CSV:METHOD", help="print one paired difference across two runs.csv files instead")  # fmt: skip
+    parser.add_argument("--pool", type=Path, metavar="OUT", help="write the runs of the given runs.csv files into OUT (a runs.csv) and its tables")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.pool:
+        if len(args.csvs) < 2:
+            raise DatamilError("--pool OUT needs two or more runs.csv files to pool")
+        written = pool_runs(args.csvs, args.pool)
+        print(f"# {written}\n\n{written.read_text()}")
+        return [written]
     if args.paired:
         print(paired_across(*args.paired))
         return []

@@ -399,6 +399,14 @@ def test_method_specs_parse_and_fail_on_one_line(bench):
             bench.parse_method(bad)
     with pytest.raises(DatamilError, match="estimator"):
         bench.check_methods(["random@truncated_threshold"], "metagrad")
+    choice = bench.parse_method("metagrad_refine|random@metagrad_refine|all_prior")
+    assert (
+        choice.candidates == ("metagrad_refine", "random@metagrad_refine", "all_prior") and choice.self_sized
+    )
+    with pytest.raises(DatamilError, match=r"lacks \(all_prior\)"):
+        bench.check_methods(["metagrad", "metagrad|all_prior"], "metagrad")
+    with pytest.raises(DatamilError, match="unknown method 'nothing'"):
+        bench.parse_method("metagrad|nothing")
 
 
 def test_full_preset_declares_its_task_split_and_methods(bench):
@@ -419,18 +427,23 @@ def test_full_preset_declares_its_task_split_and_methods(bench):
 
 def test_every_benchmark_preset_composes_and_its_committed_runs_are_its_own(bench):
     """Each preset resumes from its committed runs.csv: those rows must be runs the preset itself names
-    (its tasks and methods), or a fresh checkout would take over runs made for another table."""
+    (its tasks and methods), or a fresh checkout would take over runs made for another table. A preset that
+    takes over another directory's runs (a development round reusing a reported one) must name their tasks,
+    and it reads only the methods it lists."""
     presets = sorted(p.stem for p in (Path(bench.CONFIG_DIR) / "benchmark").glob("*.yaml"))
     assert {"default", "full", "full_hard", "full_hard_2d", "full_hard_2d_replica"} <= set(presets)
     for name in presets:
         cfg = bench.load_config(name)
         bench.check_methods(list(cfg.methods), str(cfg.estimator_name))
-        resume = ROOT / str(cfg.resume_from) if cfg.get("resume_from") else None
-        if resume is None or not resume.is_file() or not cfg.tasks:
-            continue
-        runs = {(r["task"], r["method"]) for r in csv.DictReader(resume.open(newline=""))}
-        foreign = runs - {(t, m) for t in cfg.tasks for m in cfg.methods}
-        assert not foreign, f"{name}: {sorted(foreign)[:3]} in {resume} are not runs of this preset"
+        paths = cfg.get("resume_from") or []
+        for path in [paths] if isinstance(paths, str) else list(paths):
+            resume = ROOT / str(path)
+            if not resume.is_file() or not cfg.tasks:
+                continue
+            runs = {(r["task"], r["method"]) for r in csv.DictReader(resume.open(newline=""))}
+            own = resume.parent.name == Path(cfg.output_dir).name
+            foreign = {(t, m) for t, m in runs if t not in cfg.tasks or (own and m not in cfg.methods)}
+            assert not foreign, f"{name}: {sorted(foreign)[:3]} in {resume} are not runs of this preset"
 
 
 def test_size_matched_runs_take_the_reference_count_and_share_scores(bench, planted, tmp_path):
@@ -481,6 +494,13 @@ def test_tiny_selection_quality_benchmark(bench, tmp_path):
     gathered = bench.main(["--preset", "tiny", *overrides, "methods=[target_only]", "seeds=[1]"])
     assert len(gathered) == len(rows) + 1 and {r["seed"] for r in gathered} == {0, 1}
     assert len(bench.tables.read_rows(tmp_path / "out" / "runs.csv")) == len(rows) + 1
+    # a choice trains nothing of its own: it keeps the finished candidate with the lower co-trained surrogate
+    chose = bench.main(["--preset", "tiny", *overrides, "methods=[metagrad,all_prior,'metagrad|all_prior']"])
+    (choice,) = [r for r in chose if r["method"] == "metagrad|all_prior"]
+    kept = min(
+        (r for r in rows if r["method"] in ("metagrad", "all_prior")), key=lambda r: r["surrogate_loss"]
+    )
+    assert choice["chosen"] == kept["method"] and choice["success_rate"] == kept["success_rate"]
     pilot = [
         "+test_candidates=[metaworld/reach,metaworld/push]",
         "+pilot.max_success=1.01",

@@ -42,6 +42,7 @@ def make_rows() -> list[dict]:
                     | {"select_s": 1.0, "train_s": 2.0, "eval_s": 3.0, "cpu_s": 4.0, "n_target_train": 10}
                     | {"n_target_val": 10, "budget": "" if size_matched else 0.1, "budget_count": 10}
                     | {"size_from": "metagrad_threshold" if size_matched else "", "cotrain_steps": 5000}
+                    | {"chosen": ""}
                 )
     return rows
 
@@ -267,3 +268,57 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
     listing.write_text("test_set,runs,datamil\nset a,set_a/runs.csv,metagrad_iterative\n")
     with pytest.raises(DatamilError, match="has no runs of 'metagrad_iterative'"):
         tables.read_test_sets(listing)
+
+
+def test_a_choice_keeps_the_candidate_with_the_lowest_surrogate(tables):
+    rows = make_rows()
+    for r in rows:  # metagrad's co-trained loss is the lower on task a, all_prior's on task b
+        if r["method"] in ("metagrad", "all_prior"):
+            r["surrogate_loss"] = 0.1 if (r["method"] == "metagrad") == (r["task"] == "metaworld/a") else 0.2
+    name = "metagrad|all_prior"
+    for task in TASKS:
+        for seed in range(3):
+            candidates = [
+                r for r in rows if (r["task"], r["seed"]) == (task, seed) and r["method"] in name.split("|")
+            ]
+            rows.append(tables.choose_by_surrogate(name, candidates))
+    chosen = [r for r in rows if r["method"] == name]
+    assert [r["chosen"] for r in chosen] == ["metagrad"] * 3 + ["all_prior"] * 3
+    assert [r["success_rate"] for r in chosen] == [0.9, 0.8, 1.0, 0.5, 0.5, 0.5]
+    assert all(r["cpu_s"] == 8.0 and r["budget"] == "" for r in chosen)  # both co-trainings are paid for
+    spec = tables.parse_method(name)
+    assert spec.candidates == ("metagrad", "all_prior") and spec.datamodel and spec.self_sized
+    assert not tables.parse_method("random|all_prior").datamodel  # a choice among baselines is a baseline
+    assert tables.label(name) == f"{name} (DataMIL, size chosen by the co-trained surrogate)"
+    methods = [*SUCCESS, name]
+    assert name in tables.datamil_variants(methods)
+    # a choice keeps one candidate's selection: runs size-matched to any candidate are its baselines too
+    assert tables.compared_with(
+        [*methods, "metagrad_threshold|all_prior"], "metagrad_threshold|all_prior"
+    ) == [*SUCCESS, name]
+    assert "random@metagrad_threshold" not in tables.compared_with(methods, name)
+    assert any(
+        line.startswith(f"| {name} | all_prior |") for line in tables.bar_check(rows, methods).splitlines()
+    )
+    text = tables.results_markdown(rows)
+    assert f"- {name} kept: all_prior 3 (mean success 50), metagrad 3 (mean success 90)" in text
+    assert "all 30 trained policies" in text  # the choice repeats policies already counted
+    for bad in ("metagrad|metagrad", "metagrad|", "metagrad"):
+        if "|" in bad:
+            with pytest.raises(DatamilError, match="two or more distinct"):
+                tables.parse_method(bad)
+
+
+def test_pooled_runs_are_one_table_of_disjoint_pairs(tables, tmp_path):
+    rows = make_rows()
+    a = tables.write_csv([r for r in rows if r["task"] == "metaworld/a"], tmp_path / "a" / "runs.csv")
+    b = tables.write_csv([r for r in rows if r["task"] == "metaworld/b"], tmp_path / "b" / "runs.csv")
+    written = tables.main(["--pool", str(tmp_path / "both" / "runs.csv"), str(a), str(b)])
+    assert written == [tmp_path / "both" / "results.md"]
+    assert tables.read_rows(tmp_path / "both" / "runs.csv") == rows[:15] + rows[15:]
+    assert tables.results_markdown(rows) == written[0].read_text()
+    with pytest.raises(DatamilError, match="is in both"):
+        tables.main(["--pool", str(tmp_path / "twice" / "runs.csv"), str(a), str(a)])
+    assert not (tmp_path / "twice").exists()  # nothing half-written
+    with pytest.raises(DatamilError, match="two or more"):
+        tables.main(["--pool", str(tmp_path / "one" / "runs.csv"), str(a)])

@@ -589,6 +589,8 @@ def run_pilot(cfg: DictConfig) -> list[dict]:
             OmegaConf.update(cfg, target, rule[key])
     OmegaConf.update(cfg, "output_dir", str(Path(cfg.output_dir) / "pilot"))
     if cfg.get("resume_from"):  # the committed pilot.csv beside the committed runs.csv
+        if not isinstance(cfg.resume_from, str):
+            raise DatamilError("--pilot resumes from one committed runs.csv; give resume_from a single path")
         OmegaConf.update(cfg, "resume_from", str(Path(cfg.resume_from).with_name("pilot.csv")))
     plan = prepare(cfg)
 

@@ -536,6 +536,11 @@ def test_committed_runs_resume_a_fresh_checkout(bench, tmp_path):
     assert back["success_rate"] == 0.5 and back["n_selected"] == 3 and "size_from" not in back
     assert back["composition"] == {"metaworld/push": [3, 2]}
     assert bench.committed_rows(str(tmp_path / "missing.csv")) == {} and bench.committed_rows(None) == {}
+    # several committed directories add up, the later one winning a shared (task, method, seed)
+    later = tmp_path / "later"
+    bench.tables.write_csv([row | {"success_rate": 0.7}, row | {"method": "all_prior"}], later / "runs.csv")
+    both = bench.committed_rows([str(tmp_path / "runs.csv"), str(later / "runs.csv")])
+    assert both[("metaworld/reach", "random", 0)]["success_rate"] == 0.7 and len(both) == 2
 
 
 def test_rerun_leaves_a_methods_committed_runs_behind(bench, tmp_path):

@@ -36,7 +36,7 @@ from scipy import stats
 from datamil.datamodels import ESTIMATORS
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
-from datamil.report import markdown_table
+from datamil.report import markdown_table, table_cell
 from datamil.scripts import load_script
 from datamil.selection import SELECTION_METHODS
 from datamil.selection.methods import DATAMODEL_METHODS, UNRANKED_METHODS
@@ -264,7 +264,7 @@ def success_table(rows: list[dict], methods: Sequence[str]) -> str:
     for m in methods:
         cells = [cell(rows, m, t) for t in tasks] + [cell(complete, m)]
         text = [f"{points(c[0])} [{points(c[1])}, {points(c[2])}]" for c in cells]
-        lines.append(f"| {label(m)} | " + " | ".join(text[:-1] + [f"**{text[-1]}**"]) + " |")
+        lines.append(f"| {table_cell(label(m))} | " + " | ".join(text[:-1] + [f"**{text[-1]}**"]) + " |")
     return "\n".join(lines)
 
 
@@ -272,7 +272,7 @@ def paired_table(rows: list[dict], methods: Sequence[str]) -> str:
     """DataMIL variant (columns) minus each method it is compared with (rows), in points, with a 95%
     t-interval over (task, seed) pairs: seeds share start states, so pairing removes their difficulty."""
     variants = datamil_variants(methods)
-    lines = ["| minus | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 1)]
+    lines = ["| minus | " + " | ".join(map(table_cell, variants)) + " |", "|" + "---|" * (len(variants) + 1)]
     for other in methods:
         if not any(other in compared_with(methods, d) for d in variants):
             continue
@@ -280,7 +280,7 @@ def paired_table(rows: list[dict], methods: Sequence[str]) -> str:
             difference_text(paired_difference(rows, d, other)) if other in compared_with(methods, d) else ""
             for d in variants
         ]
-        lines.append(f"| {label(other)} | " + " | ".join(text) + " |")
+        lines.append(f"| {table_cell(label(other))} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
@@ -298,7 +298,7 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
     for d in variants:
         best = best_baseline(rows, methods, d)
         if best is None:
-            lines.append(f"| {d} | (no baselines) | | | |")
+            lines.append(f"| {table_cell(d)} | (no baselines) | | | |")
             continue
         checks = {"best baseline": paired_difference(rows, d, best)}
         if "all_prior" in methods:
@@ -306,7 +306,7 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
         text = {k: difference_text(v) for k, v in checks.items()}
         met = all(100 * v[0] >= BAR[k] for k, v in checks.items())
         lines.append(
-            f"| {d} | {label(best)} | {text['best baseline']} | {text.get('all_prior', '-')} | "
+            f"| {table_cell(d)} | {table_cell(label(best))} | {text['best baseline']} | {text.get('all_prior', '-')} | "
             f"{'met' if met else 'MISSED'} |"
         )
     if "all_prior" in methods:

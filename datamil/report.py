@@ -13,10 +13,16 @@ import numpy as np
 from datamil.io import atomic_write_bytes, atomic_write_text
 
 
+def table_cell(value: object) -> str:
+    """A value as a Markdown table cell: a `|` inside it (a method choice such as `a|b`) is escaped, so it
+    does not split the cell."""
+    return str(value).replace("|", r"\|")
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     """A Markdown table's lines: the header, its `|---|` rule, then one line per row of cells (as str)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(table_cell, header)) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(table_cell(cell) for cell in row) + " |" for row in rows]
 
 
 def pyplot():

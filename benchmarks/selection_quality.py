@@ -25,7 +25,8 @@ resumable the same way.
 
 Methods are specs (benchmarks/tables.py): `metagrad` = DataMIL top-k, `metagrad_threshold` = DataMIL with
 the datamodel choosing the size, `random@metagrad_threshold` = random at that size for the same (task,
-seed), `metagrad_refine|all_prior` = whichever of those two co-trained policies has the lower surrogate. Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
+seed), `metagrad_refine|all_prior` = whichever of those two co-trained policies has the lower surrogate.
+Every datamodel method of one (task, seed) and estimator reads the same estimator scores.
 
 Several estimators in one run: the preset's `estimator` (named `estimator_name`) plus any config-group
 estimator added under `estimators`, e.g.
@@ -386,9 +387,7 @@ def run_one(plan: Plan, data: TaskData, method: str, seed: int) -> dict:
         return row
     done = row_path(plan.out, data.task, method, seed)
     candidates = parse_method(method).candidates
-    if (
-        candidates
-    ):  # a choice trains nothing of its own: its candidates' runs are the co-trainings it compares
+    if candidates:  # a choice trains nothing itself: it compares its candidates' co-trainings
         row = tables.choose_by_surrogate(method, [run_one(plan, data, c, seed) for c in candidates])
         atomic_write_text(done, json.dumps(row))
         return row

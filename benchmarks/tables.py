@@ -421,7 +421,8 @@ def results_markdown(rows: list[dict]) -> str:
     budget = _common(budget_rows, "budget")
     budget = f"{float(budget):.0%}" if budget.replace(".", "", 1).isdigit() else budget
     keys = ("select_s", "train_s", "eval_s", "cpu_s")
-    timing = {k: np.mean([r[k] for r in rows if r.get(k)] or [float("nan")]) for k in keys}
+    runs = [r for r in rows if not r.get("chosen")]  # a choice's costs add up its candidates' runs
+    timing = {k: np.mean([r[k] for r in runs if r.get(k)] or [float("nan")]) for k in keys}
     text = [
         "## Success rate (%), mean over seeds [95% interval]",
         f"{len({r['task'] for r in rows})} tasks, {len({r['seed'] for r in rows})} seed(s), "
@@ -432,7 +433,7 @@ def results_markdown(rows: list[dict]) -> str:
         "## Paired differences (points): DataMIL minus each method, 95% t-interval over (task, seed) pairs",
         paired_table(rows, methods), "", "## The bar", bar_check(rows, methods), "",
         "## Surrogate loss vs success", surrogate_correlation(rows), "",
-        "## What was selected", composition_table(rows, methods), "", *choices_lines(rows), 
+        "## What was selected", composition_table(rows, methods), "", *choices_lines(rows),
         f"Mean seconds per run (fresh runs only): select {timing['select_s']:.1f}, "
         f"co-train {timing['train_s']:.1f}, evaluate {timing['eval_s']:.1f}; CPU seconds per run "
         f"{timing['cpu_s']:.1f} (wall time on a shared machine overstates the cost).",

@@ -305,6 +305,7 @@ def test_a_choice_keeps_the_candidate_with_the_lowest_surrogate(tables):
     assert f"| {escaped} (DataMIL, size chosen by the co-trained surrogate) | 90 [" in text
     assert f"- {name} kept: all_prior 3 (mean success 50), metagrad 3 (mean success 90)" in text
     assert "all 30 trained policies" in text  # the choice repeats policies already counted
+    assert "CPU seconds per run 4.0" in text  # per run: a choice's summed cost is not one more run
     for bad in ("metagrad|metagrad", "metagrad|", "metagrad"):
         if "|" in bad:
             with pytest.raises(DatamilError, match="two or more distinct"):

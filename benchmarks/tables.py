@@ -139,6 +139,12 @@ def _parse_choice(name: str) -> MethodSpec:
     return MethodSpec(name, CHOICE, None, None, candidates)
 
 
+def trained_runs(rows: Sequence[dict]) -> list[dict]:
+    """The rows that trained a policy of their own: a choice's row repeats the candidate it kept (and adds up
+    every candidate's cost), so statistics over policies or per-run costs leave it out."""
+    return [r for r in rows if not r.get("chosen")]
+
+
 def choose_by_surrogate(name: str, candidate_rows: Sequence[dict]) -> dict:
     """The row of choice `name` from its candidates' rows of one (task, seed): the candidate whose co-trained
     policy has the lowest surrogate, with its success. The cost columns add up every candidate's, since a
@@ -375,7 +381,7 @@ def surrogate_correlation(rows: list[dict]) -> str:
     """Does the rollout-free surrogate track success? Spearman over all runs, and within each task (the
     pooled number mixes tasks whose losses live on different scales). A choice's row repeats the policy of
     the candidate it kept, so it is left out rather than counted twice."""
-    rows = [r for r in rows if not r.get("chosen")]
+    rows = trained_runs(rows)
     loss = np.array([r["surrogate_loss"] for r in rows])
     success = np.array([r["success_rate"] for r in rows])
 
@@ -421,8 +427,7 @@ def results_markdown(rows: list[dict]) -> str:
     budget = _common(budget_rows, "budget")
     budget = f"{float(budget):.0%}" if budget.replace(".", "", 1).isdigit() else budget
     keys = ("select_s", "train_s", "eval_s", "cpu_s")
-    runs = [r for r in rows if not r.get("chosen")]  # a choice's costs add up its candidates' runs
-    timing = {k: np.mean([r[k] for r in runs if r.get(k)] or [float("nan")]) for k in keys}
+    timing = {k: np.mean([r[k] for r in trained_runs(rows) if r.get(k)] or [float("nan")]) for k in keys}
     text = [
         "## Success rate (%), mean over seeds [95% interval]",
         f"{len({r['task'] for r in rows})} tasks, {len({r['seed'] for r in rows})} seed(s), "

@@ -306,10 +306,9 @@ def test_a_choice_keeps_the_candidate_with_the_lowest_surrogate(tables):
     assert f"- {name} kept: all_prior 3 (mean success 50), metagrad 3 (mean success 90)" in text
     assert "all 30 trained policies" in text  # the choice repeats policies already counted
     assert "CPU seconds per run 4.0" in text  # per run: a choice's summed cost is not one more run
-    for bad in ("metagrad|metagrad", "metagrad|", "metagrad"):
-        if "|" in bad:
-            with pytest.raises(DatamilError, match="two or more distinct"):
-                tables.parse_method(bad)
+    for bad in ("metagrad|metagrad", "metagrad|"):
+        with pytest.raises(DatamilError, match="two or more distinct"):
+            tables.parse_method(bad)
 
 
 def test_pooled_runs_are_one_table_of_disjoint_pairs(tables, tmp_path):
@@ -318,7 +317,7 @@ def test_pooled_runs_are_one_table_of_disjoint_pairs(tables, tmp_path):
     b = tables.write_csv([r for r in rows if r["task"] == "metaworld/b"], tmp_path / "b" / "runs.csv")
     written = tables.main(["--pool", str(tmp_path / "both" / "runs.csv"), str(a), str(b)])
     assert written == [tmp_path / "both" / "results.md"]
-    assert tables.read_rows(tmp_path / "both" / "runs.csv") == rows[:15] + rows[15:]
+    assert tables.read_rows(tmp_path / "both" / "runs.csv") == rows  # task a's part, then task b's
     assert tables.results_markdown(rows) == written[0].read_text()
     with pytest.raises(DatamilError, match="is in both"):
         tables.main(["--pool", str(tmp_path / "twice" / "runs.csv"), str(a), str(a)])

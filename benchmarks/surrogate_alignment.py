@@ -13,7 +13,18 @@ reports the within-task Spearman correlation with rolled-out success (negative =
         --runs outputs/benchmarks/selection_quality/full_hard_dev_* --out benchmarks/results/surrogate_alignment
 
 Writes policies.csv (one row per policy) and alignment.csv (one row per task), and prints the latter.
-Only run directories made from the plan's data (the same data.seed) are read; any other is refused.
+Only run directories made from the plan's data (the same data.seed) are read; any other is refused, and
+so is a policy that does not reproduce the surrogate_loss its row.json recorded.
+
+With --choose a|b and --versus BASELINE it also asks, per (task, seed), which candidate each variant would
+keep (its lowest value, as a choice keeps the lowest mean) and how that policy did against the baseline:
+choice.csv and choice.md (README, round 7). --pool-choices pools several parts' choice.csv:
+
+    python benchmarks/surrogate_alignment.py --preset full_hard_4_new_task \
+        --runs outputs/benchmarks/selection_quality/full_hard_4_new_task --out benchmarks/results/size_signals/dev_r4 \
+        --choose 'metagrad_refine|all_prior' --versus 'action_similarity@metagrad_refine'
+    python benchmarks/surrogate_alignment.py --out benchmarks/results/size_signals/dev \
+        --pool-choices benchmarks/results/size_signals/dev_*/choice.csv
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from datamil.data.sources import TaskData  # noqa: E402
 from datamil.data.store import TrajectoryStore  # noqa: E402
 from datamil.datamodels.surrogate import Surrogate  # noqa: E402
 from datamil.errors import DatamilError  # noqa: E402
+from datamil.io import atomic_write_text  # noqa: E402
 from datamil.policies.base import ACTION  # noqa: E402
 from datamil.report import markdown_table  # noqa: E402
 
@@ -224,15 +236,19 @@ def choice_summary(rows: Sequence[dict]) -> str:
 
 
 def write_choices(rows: Sequence[dict], out: Path) -> str:
-    """choice.csv and choice.md in `out`; returns the table."""
+    """choice.csv and its choice.md in `out`; returns the table."""
     if not rows:
         raise DatamilError(
-            f"no (task, seed) pair under --runs has every candidate and --versus; nothing to write to {out}"
+            f"no (task, seed) pair under --runs has every candidate and --versus; nothing written to {out}"
         )
-    tables.write_csv(list(rows), out / "choice.csv", CHOICE_FIELDS)
-    table = choice_summary(rows)
-    (out / "choice.md").write_text(table + "\n")
-    return table
+    return write_results_md(tables.write_csv(list(rows), out / "choice.csv", CHOICE_FIELDS)).read_text()
+
+
+def write_results_md(csv_path: Path) -> Path:
+    """choice.md beside a choice.csv: `python benchmarks/tables.py` rebuilds it from the committed CSV."""
+    return atomic_write_text(
+        csv_path.with_suffix(".md"), choice_summary([typed_choice(r) for r in read_csv(csv_path)]) + "\n"
+    )
 
 
 def read_csv(path: Path) -> list[dict]:

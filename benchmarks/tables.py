@@ -545,7 +545,7 @@ def plain_markdown(path: Path) -> str:
 
 
 # CSVs whose benchmark lays out its own results.md: {CSV name: benchmarks/<script>.py with write_results_md}
-OWN_LAYOUT = {"cross_embodiment.csv": "cross_embodiment"}
+OWN_LAYOUT = {"cross_embodiment.csv": "cross_embodiment", "choice.csv": "surrogate_alignment"}
 
 
 def plot_success(rows: list[dict], methods: list[str], path: Path) -> Path:

@@ -243,6 +243,8 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
     assert summary.over_best == tables.paired_difference(make_rows(), "metagrad", "all_prior")
     assert np.isnan(summary.reference_over_best[0])  # no privileged reference in these runs
     assert "| set a | 6 | metagrad: 80 | all_prior: 60 | +20.0 [" in written.read_text()
+    # the best method per task (metagrad: 90 on a, 70 on b) against all_prior's 60
+    assert summary.envelope_over_best == pytest.approx(0.2) and written.read_text().count("| +20.0 |") == 1
     assert "+10 over the best baseline: met on 1 of 1 test sets: set a." in written.read_text()
     tables.write_csv([r for r in make_rows() if r["seed"] == 0], tmp_path / "set_c" / "runs.csv")
     listing.write_text(
@@ -253,9 +255,11 @@ def test_test_sets_summary_uses_each_sets_bar_check(tables, tmp_path):
     assert pooled == tables.mean_interval(a.over_best_pairs + c.over_best_pairs)
     # more pairs, tighter
     assert c.pairs < a.pairs and pooled[2] - pooled[1] < a.over_best[2] - a.over_best[1]
+    pooled_text = tables.main([str(listing)])[0].read_text()
+    assert f"Pooled over the 2 test sets ({a.pairs + c.pairs} (task, seed) pairs" in pooled_text
     assert (
-        f"Pooled over the 2 test sets ({a.pairs + c.pairs} (task, seed) pairs"
-        in tables.main([str(listing)])[0].read_text()
+        "is +20.0 over the best baseline (pair-weighted), and reaches the +10 bar on 2 of 2 sets"
+        in pooled_text
     )
     other_setting = tmp_path / "new_task_test_sets.csv"  # a second listing, summarized alone
     other_setting.write_text("test_set,runs,datamil\nset c,set_c/runs.csv,metagrad\n")

@@ -776,22 +776,40 @@ def results_csvs() -> list[Path]:
 def paired_across(a: str, b: str) -> str:
     """`CSV:METHOD` minus `CSV:METHOD`, paired over their common (task, seed) pairs: a difference between two
     output directories whose runs share data, demos and start states (one took runs over from the other,
-    e.g. a round's refine against the size-matched row of the round before)."""
+    e.g. a round's refine against the size-matched row of the round before). A side may list several CSVs,
+    `A.csv,B.csv:METHOD`, to pool a development round spread over directories of different tasks; two of
+    them with the same (task, seed) are refused, since those would be different draws of the data."""
     rows = []
     for side, spec in (("a", a), ("b", b)):
-        path, _, method = spec.rpartition(":")
-        if not path or not method:
-            raise DatamilError(f"--paired takes CSV:METHOD, got {spec!r}")
-        if not Path(path).is_file():
-            raise DatamilError(f"{path} does not exist")
-        mine = [r | {"method": side} for r in read_rows(Path(path)) if r["method"] == method]
-        if not mine:
-            raise DatamilError(f"{path} has no runs of {method!r}")
+        paths, _, method = spec.rpartition(":")
+        if not paths or not method:
+            raise DatamilError(f"--paired takes CSV:METHOD or CSV,CSV,...:METHOD, got {spec!r}")
+        mine = []
+        for path in paths.split(","):
+            if not Path(path).is_file():
+                raise DatamilError(f"{path} does not exist")
+            found = [r | {"method": side} for r in read_rows(Path(path)) if r["method"] == method]
+            if not found:
+                raise DatamilError(f"{path} has no runs of {method!r}")
+            shared = {(r["task"], r["seed"]) for r in found} & {(r["task"], r["seed"]) for r in mine}
+            if shared:
+                raise DatamilError(
+                    f"{path} repeats (task, seed) pairs of another file of {spec!r}: {sorted(shared)[0]}"
+                )
+            mine += found
         rows += mine
     diff = paired_difference(rows, "a", "b")
     if np.isnan(diff[0]):
         raise DatamilError(f"{a} and {b} share no (task, seed) pair")
-    return f"{a} minus {b}: {difference_text(diff)}"
+    both = {(r["task"], r["seed"]) for r in rows if r["method"] == "a"} & {
+        (r["task"], r["seed"]) for r in rows if r["method"] == "b"
+    }
+    means = [100 * np.mean([r["success_rate"] for r in rows if r["method"] == s and (r["task"], r["seed"]) in both])
+             for s in ("a", "b")]  # fmt: skip
+    return (
+        f"{a} minus {b}: {difference_text(diff)} over {len(both)} (task, seed) pairs "
+        f"(means {means[0]:.1f} and {means[1]:.1f})"
+    )
 
 
 def pool_runs(parts: Sequence[Path], out: Path) -> Path:
@@ -825,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("csvs", nargs="*", type=Path, help="runs.csv / pilot.csv files (default: all under benchmarks/results)")  # fmt: skip
-    parser.add_argument("--paired", nargs=2, metavar="CSV:METHOD", help="print one paired difference across two runs.csv files instead")  # fmt: skip
+    parser.add_argument("--paired", nargs=2, metavar="CSV[,CSV...]:METHOD", help="print one paired difference across runs.csv files instead")  # fmt: skip
     parser.add_argument("--pool", type=Path, metavar="OUT", help="write the runs of the given runs.csv files into OUT (a runs.csv) and its tables")  # fmt: skip
     args = parser.parse_args(argv)
     if args.pool:

@@ -220,7 +220,23 @@ def test_a_paired_difference_across_two_runs_files_pairs_by_task_and_seed(tables
     tables.write_csv([r for r in rows if r["method"] == "metagrad"], tmp_path / "a.csv")
     tables.write_csv([r for r in rows if r["method"] == "all_prior"], tmp_path / "b.csv")
     line = tables.paired_across(f"{tmp_path / 'a.csv'}:metagrad", f"{tmp_path / 'b.csv'}:all_prior")
-    assert line.endswith(tables.difference_text(tables.paired_difference(rows, "metagrad", "all_prior")))
+    diff = tables.difference_text(tables.paired_difference(rows, "metagrad", "all_prior"))
+    assert line.endswith(f"{diff} over 6 (task, seed) pairs (means 80.0 and 60.0)")
+    # a side may pool files of different tasks; the same (task, seed) in two of them is refused
+    tables.write_csv(
+        [r for r in rows if r["method"] == "metagrad" and r["task"] == TASKS[0]], tmp_path / "a0.csv"
+    )
+    tables.write_csv(
+        [r for r in rows if r["method"] == "metagrad" and r["task"] == TASKS[1]], tmp_path / "a1.csv"
+    )
+    pooled = tables.paired_across(
+        f"{tmp_path / 'a0.csv'},{tmp_path / 'a1.csv'}:metagrad", f"{tmp_path / 'b.csv'}:all_prior"
+    )
+    assert pooled.endswith(f"{diff} over 6 (task, seed) pairs (means 80.0 and 60.0)")
+    with pytest.raises(DatamilError, match="repeats \\(task, seed\\) pairs"):
+        tables.paired_across(
+            f"{tmp_path / 'a.csv'},{tmp_path / 'a1.csv'}:metagrad", f"{tmp_path / 'b.csv'}:all_prior"
+        )
     for bad, message in [
         (f"{tmp_path / 'a.csv'}:all_prior", "no runs of 'all_prior'"),
         (f"{tmp_path / 'c.csv'}:metagrad", "does not exist"),

@@ -36,7 +36,7 @@ from scipy import stats
 from datamil.datamodels import ESTIMATORS
 from datamil.errors import DatamilError
 from datamil.io import atomic_write_text
-from datamil.report import markdown_table, table_cell
+from datamil.report import markdown_table
 from datamil.scripts import load_script
 from datamil.selection import SELECTION_METHODS
 from datamil.selection.methods import DATAMODEL_METHODS, UNRANKED_METHODS
@@ -265,29 +265,26 @@ def success_table(rows: list[dict], methods: Sequence[str]) -> str:
     complete = finished_everywhere(rows, methods)
     n_complete = len({r["task"] for r in complete})
     mean = "**mean**" if n_complete == len(tasks) else f"**mean of the {n_complete} finished tasks**"
-    lines = ["| method | " + " | ".join(t.split("/")[-1] for t in tasks) + f" | {mean} |"]
-    lines.append("|" + "---|" * (len(tasks) + 2))
+    header = ["method", *(t.split("/")[-1] for t in tasks), mean]
+    body = []
     for m in methods:
         cells = [cell(rows, m, t) for t in tasks] + [cell(complete, m)]
         text = [f"{points(c[0])} [{points(c[1])}, {points(c[2])}]" for c in cells]
-        lines.append(f"| {table_cell(label(m))} | " + " | ".join(text[:-1] + [f"**{text[-1]}**"]) + " |")
-    return "\n".join(lines)
+        body.append([label(m), *text[:-1], f"**{text[-1]}**"])
+    return "\n".join(markdown_table(header, body))
 
 
 def paired_table(rows: list[dict], methods: Sequence[str]) -> str:
     """DataMIL variant (columns) minus each method it is compared with (rows), in points, with a 95%
     t-interval over (task, seed) pairs: seeds share start states, so pairing removes their difficulty."""
     variants = datamil_variants(methods)
-    lines = ["| minus | " + " | ".join(map(table_cell, variants)) + " |", "|" + "---|" * (len(variants) + 1)]
-    for other in methods:
-        if not any(other in compared_with(methods, d) for d in variants):
-            continue
-        text = [
-            difference_text(paired_difference(rows, d, other)) if other in compared_with(methods, d) else ""
-            for d in variants
-        ]
-        lines.append(f"| {table_cell(label(other))} | " + " | ".join(text) + " |")
-    return "\n".join(lines)
+    body = [
+        [label(other)]
+        + [difference_text(paired_difference(rows, d, other)) if other in compared_with(methods, d) else "" for d in variants]
+        for other in methods
+        if any(other in compared_with(methods, d) for d in variants)
+    ]  # fmt: skip
+    return "\n".join(markdown_table(["minus", *variants], body))
 
 
 def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
@@ -297,24 +294,22 @@ def bar_check(rows: list[dict], methods: Sequence[str]) -> str:
     if not variants:
         return "(no DataMIL method in the method list: no bar check)"
     rows = finished_everywhere(rows, methods)  # a partial run: only the pairs every method has finished
-    lines = [
-        "| DataMIL | best baseline | minus best (needs +10) | minus all_prior (needs +15) | bar |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["DataMIL", "best baseline", "minus best (needs +10)", "minus all_prior (needs +15)", "bar"]
+    body = []
     for d in variants:
         best = best_baseline(rows, methods, d)
         if best is None:
-            lines.append(f"| {table_cell(d)} | (no baselines) | | | |")
+            body.append([d, "(no baselines)", "", "", ""])
             continue
         checks = {"best baseline": paired_difference(rows, d, best)}
         if "all_prior" in methods:
             checks["all_prior"] = paired_difference(rows, d, "all_prior")
         text = {k: difference_text(v) for k, v in checks.items()}
         met = all(100 * v[0] >= BAR[k] for k, v in checks.items())
-        lines.append(
-            f"| {table_cell(d)} | {table_cell(label(best))} | {text['best baseline']} | {text.get('all_prior', '-')} | "
-            f"{'met' if met else 'MISSED'} |"
+        body.append(
+            [d, label(best), text["best baseline"], text.get("all_prior", "-"), "met" if met else "MISSED"]
         )
+    lines = markdown_table(header, body)
     if "all_prior" in methods:
         lines += ["", headroom_line(rows)]
     return "\n".join([*lines, "", reached_line(rows, methods)])

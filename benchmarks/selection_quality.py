@@ -247,6 +247,8 @@ def selection_config(plan: Plan, spec: MethodSpec, budget: float) -> SelectionCo
 def run_budget(plan: Plan, data: TaskData, spec: MethodSpec, seed: int) -> float:
     """The budget as a fraction of the prior; a size-matched spec takes the count its reference selected
     for this (task, seed), selecting the reference first if this output directory has not yet."""
+    if spec.share is not None:
+        return spec.share
     if spec.size_from is None:
         return plan.budget
     reference, _ = select(plan, data, spec.size_from, seed)

@@ -15,6 +15,8 @@ Method names (the benchmark's `methods` list) are specs:
 - any other registered selection method (`random`, `strap`, `deminf`, ...): a baseline at the budget;
 - `<spec>@<reference>` (e.g. `random@metagrad_threshold`): the spec with its budget set to the number of
   trajectories the reference selected for the same (task, seed): a size-matched comparison;
+- `<spec>@<share>` (e.g. `action_similarity@0.02`): the spec at that fixed share of the prior instead of
+  the budget, e.g. a retrieval baseline at a size DataMIL does not keep;
 - `<spec>|<spec>|...` (e.g. `metagrad_refine|metagrad|all_prior`): a choice among candidate selections made
   after co-training. Each candidate is co-trained as it is alone (the same runs), and the policy whose
   surrogate (action loss on target-val) is lowest is kept: DataMIL's surrogate measured on the co-trained
@@ -69,6 +71,7 @@ class MethodSpec:
     estimator: str | None  # datamodel methods: the estimator the spec names (None: the config's)
     size_from: str | None  # size-matched: the spec whose selection count is this run's budget
     candidates: tuple[str, ...] = ()  # a choice (`a|b`): the specs co-trained, the lowest surrogate kept
+    share: float | None = None  # `method@0.02`: a fixed share of the prior as this run's budget
 
     @property
     def datamodel(self) -> bool:
@@ -105,7 +108,7 @@ def _parse_base(name: str) -> tuple[str, str | None]:
     raise DatamilError(
         f"unknown method {name!r}; use an estimator ({', '.join(ESTIMATORS.names())}), "
         f"<estimator>_<{'|'.join(sorted(DATAMODEL_METHODS))}>, or a selection method "
-        f"({', '.join(SELECTION_METHODS.names())}), optionally @<method> for a size-matched run"
+        f"({', '.join(SELECTION_METHODS.names())}), optionally @<method> for a size-matched run or @<share> for a fixed share of the prior"
     )
 
 
@@ -115,6 +118,8 @@ def parse_method(name: str) -> MethodSpec:
         return _parse_choice(name)
     base, at, ref = name.partition("@")
     method, estimator = _parse_base(base)
+    if at and _is_share(ref):
+        return _parse_share(name, method, estimator, float(ref))
     if at and (not ref or "@" in ref):
         raise DatamilError(f"method {name!r}: size-match to one plain method, e.g. random@metagrad_threshold")
     if at:
@@ -124,6 +129,24 @@ def parse_method(name: str) -> MethodSpec:
                 f"method {name!r}: {method} chooses its own size, so it cannot be size-matched"
             )
     return MethodSpec(name, method, estimator, ref or None)
+
+
+def _is_share(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_share(name: str, method: str, estimator: str | None, share: float) -> MethodSpec:
+    """`method@0.02`: the method at a fixed share of the prior instead of the preset's budget, e.g. a
+    retrieval baseline at another size than the one DataMIL keeps."""
+    if not 0.0 < share <= 1.0:
+        raise DatamilError(f"method {name!r}: a share of the prior is in (0, 1], e.g. action_similarity@0.02")
+    if method in SELF_SIZED:
+        raise DatamilError(f"method {name!r}: {method} chooses its own size, so it takes no share")
+    return MethodSpec(name, method, estimator, None, share=share)
 
 
 def _parse_choice(name: str) -> MethodSpec:
@@ -173,6 +196,8 @@ def label(name: str) -> str:
         return f"{name} ({kind})"
     if spec.size_from:
         return f"{name.partition('@')[0]}, size-matched to {spec.size_from}"
+    if spec.share is not None:
+        return f"{name.partition('@')[0]} at {100 * spec.share:g}% of the prior"
     if spec.privileged:
         return f"{name} (privileged reference)"
     return f"{name} ({DATAMIL_LABELS[spec.method]})" if spec.datamodel else name

@@ -389,11 +389,25 @@ def test_method_specs_parse_and_fail_on_one_line(bench):
     assert parse("metagrad_threshold") == ("threshold", "metagrad", None)
     assert parse("state_action_similarity") == ("state_action_similarity", None, None)
     assert parse("random@metagrad_threshold") == ("random", None, "metagrad_threshold")
+    fixed = bench.parse_method("action_similarity@0.02")  # a fixed share: a plain baseline at another size
+    assert (fixed.method, fixed.size_from, fixed.share, fixed.baseline) == (
+        "action_similarity",
+        None,
+        0.02,
+        True,
+    )
+    assert bench.tables.compared_with(["metagrad", "action_similarity@0.02"], "metagrad") == [
+        "action_similarity@0.02"
+    ]
+    assert bench.tables.label("action_similarity@0.02") == "action_similarity at 2% of the prior"
     for bad, message in [
         ("metagrad_sideways", "unknown method"),
         ("random@nothing", "unknown method"),
         ("all_prior@metagrad_threshold", "chooses its own size"),
         ("random@strap@metagrad", "one plain method"),
+        ("random@0", "a share of the prior is in"),
+        ("random@1.5", "a share of the prior is in"),
+        ("all_prior@0.1", "takes no share"),
     ]:
         with pytest.raises(DatamilError, match=message):
             bench.parse_method(bad)

@@ -10,7 +10,7 @@ reports the within-task Spearman correlation with rolled-out success (negative =
 
     python benchmarks/selection_quality.py ...   # first: the development runs (README, rounds 2d-2j)
     python benchmarks/surrogate_alignment.py --preset full_hard 'tasks=${dev_tasks}' \
-        --runs outputs/benchmarks/selection_quality/full_hard_dev_* --out benchmarks/results/surrogate_alignment
+        --runs DIR [DIR ...] --out benchmarks/results/surrogate_alignment   # the 11 directories the README names
 
 Writes policies.csv (one row per policy) and alignment.csv (one row per task), and prints the latter.
 Only run directories made from the plan's data (the same data.seed) are read; any other is refused, and

@@ -325,4 +325,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from datamil.cli import one_line_errors
+
+    one_line_errors(main)(None)
